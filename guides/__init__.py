@@ -1,0 +1,1 @@
+"""guides of pyro-backpass (used from a clone, not installed)."""

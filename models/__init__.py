@@ -1,0 +1,1 @@
+"""models of pyro-backpass (used from a clone, not installed)."""

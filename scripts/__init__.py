@@ -1,0 +1,1 @@
+"""scripts of pyro-backpass (used from a clone, not installed)."""

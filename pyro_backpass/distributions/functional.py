@@ -1,0 +1,147 @@
+"""Plain-tensor log densities and the per-element maximiser of the backward pass (eq. 13).
+
+These functions sit on the hot path of the greedy backward pass (all ``K·|Δ|`` hypotheses of a
+layer are scored at once, e.g. on tensors of shape ``(25, 48, 1, 64, 12, 12)``), so they use plain
+torch ops on broadcast tensors: no ``Distribution`` objects, no argument validation, no Python
+loops over elements. They work on any device and any floating dtype.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["normal_log_density", "max_joint"]
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+def _log(x):
+    """``log`` of a tensor or of a Python number (parameters may be given as floats)."""
+    return torch.log(x) if isinstance(x, torch.Tensor) else math.log(x)
+
+
+def normal_log_density(x, loc, scale):
+    """Elementwise ``log N(x; loc, scale) = -½((x - loc)/scale)² - log scale - ½ log 2π``.
+
+    All arguments broadcast; ``loc`` and ``scale`` may be Python numbers. No validation:
+    ``scale`` must be ``> 0``.
+
+    :param torch.Tensor x: (...) points.
+    :param loc: (...) means.
+    :param scale: (...) standard deviations.
+    :returns: (broadcast shape) log densities.
+    :rtype: torch.Tensor
+    """
+    z = (x - loc) / scale
+    return -0.5 * z * z - _log(scale) - _HALF_LOG_2PI
+
+
+def max_joint(f_bu, f_tilde, sigma0, lam, beta, sigma1, sigma2):
+    """Per element, maximise ``log P(f_bu | f) + log N(f; f̃, σ0)`` over ``f`` (eq. 13).
+
+    ``P(f_bu | f)`` is the observation model of eq. 9 with the supplement's boundary rule: at
+    ``f = λ`` either branch may be taken, and we maximise over that choice too. So
+
+    - on branch (``f ≥ λ``): ``η = (σ0² f_bu + σ1² f̃) / (σ0² + σ1²)``, maximiser ``max(η, λ)``,
+      value ``log N(f_bu; f, σ1) + log N(f; f̃, σ0)``;
+    - off branch (``f ≤ λ``): maximiser ``min(f̃, λ)``,
+      value ``log N(f_bu; β, σ2) + log N(f; f̃, σ0)``;
+
+    and the larger value wins, ties going to the on branch. Normalising constants are included,
+    so values under different hypotheses (different ``f̃``, ``σ0``) are comparable.
+
+    ``f_bu=None`` means "no bottom-up term" (the E-step of hard EM, sampling): the maximiser is
+    ``f̃`` itself and the value is ``log N(f̃; f̃, σ0) = -log σ0 - ½ log 2π``; ``f_star`` is then a
+    broadcast *view* of ``f_tilde`` (do not write into it).
+
+    Every argument broadcasts against the others (e.g. ``sigma1`` per channel as ``(C, 1, 1)``);
+    the five parameters may also be Python floats. No validation is done here (hot path): the
+    sigmas must be ``> 0``. When no input requires grad (or grad is disabled), all inputs share
+    one dtype, and ``f_bu - f_tilde`` already has the full broadcast shape (the usual case:
+    parameters are small), the work is done in place on three scratch tensors, which is several
+    times faster on CPU; otherwise out-of-place ops are used (differentiable, with torch's dtype
+    promotion). Both give the same numbers. ``f̃`` built from ``nn`` parameters requires grad, so
+    search code (greedy pass, enumeration) should call this under ``torch.no_grad()``.
+
+    :param f_bu: (..., C, H, W) bottom-up activations, or ``None``.
+    :param torch.Tensor f_tilde: (..., C, H, W) top-down means ``f̃ = φ(F^{l+1}, γ, δ)`` (eq. 6).
+    :param sigma0: top-down noise ``σ0`` (eq. 5), broadcastable.
+    :param lam: threshold ``λ`` (eq. 9), broadcastable.
+    :param beta: background mean ``β`` (eq. 9), broadcastable.
+    :param sigma1: on-branch scale ``σ1`` (eq. 9), broadcastable (often per channel).
+    :param sigma2: off-branch scale ``σ2`` (eq. 9), broadcastable.
+    :returns: ``(f_star, value)``, both of the broadcast shape of all tensor inputs: the
+        maximiser and the maximum of the objective per element.
+    :rtype: tuple[torch.Tensor, torch.Tensor]
+    """
+    params = (sigma0, lam, beta, sigma1, sigma2)
+    if f_bu is None:
+        # Only the top-down Gaussian remains; its maximum is at its mean.
+        shape = _broadcast_shape(f_tilde, *params)
+        peak = -_log(sigma0) - _HALF_LOG_2PI
+        peak = peak.to(f_tilde.dtype) if isinstance(peak, torch.Tensor) else f_tilde.new_tensor(peak)
+        return f_tilde.expand(shape), peak.expand(shape)
+
+    tensors = [t for t in (f_bu, f_tilde, *params) if isinstance(t, torch.Tensor)]
+    if (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)) or any(
+            t.dtype != f_tilde.dtype for t in tensors):
+        return _max_joint_functional(f_bu, f_tilde, *params)
+    if torch.broadcast_shapes(f_bu.shape, f_tilde.shape) != _broadcast_shape(*tensors):
+        return _max_joint_functional(f_bu, f_tilde, *params)
+    return _max_joint_inplace(f_bu - f_tilde, f_bu, f_tilde, *params)
+
+
+def _coefficients(sigma0, sigma1, sigma2):
+    """Parameter-shaped (hence cheap) constants shared by both implementations."""
+    # Precision weight of f_bu in η, as 1/(1 + (σ1/σ0)²): finite even when σ0² + σ1² underflows.
+    ratio = sigma1 / sigma0
+    weight = 1.0 / (1.0 + ratio * ratio)
+    k0 = -0.5 / (sigma0 * sigma0)
+    k1 = -0.5 / (sigma1 * sigma1)
+    k2 = -0.5 / (sigma2 * sigma2)
+    # -log σ0 - log 2π is shared by both branches: it is added once, after the comparison.
+    shared = -_log(sigma0) - 2.0 * _HALF_LOG_2PI
+    return weight, k0, k1, k2, shared
+
+
+def _max_joint_functional(f_bu, f_tilde, sigma0, lam, beta, sigma1, sigma2):
+    """Out-of-place form of :func:`max_joint` (autograd-safe, dtype promotion as in torch)."""
+    weight, k0, k1, k2, shared = _coefficients(sigma0, sigma1, sigma2)
+    f_on = torch.clamp(f_tilde + weight * (f_bu - f_tilde), min=lam)  # max(η, λ)
+    a = f_bu - f_on
+    b = f_on - f_tilde
+    value_on = (k1 * a) * a + (k0 * b) * b - _log(sigma1)
+    # Off branch: min(f̃, λ) - f̃ = -relu(f̃ - λ). The β term depends on f_bu only (small shape).
+    c = f_bu - beta
+    d = torch.clamp(f_tilde - lam, min=0.0)
+    value_off = (k0 * d) * d + ((k2 * c) * c - _log(sigma2))
+    on = value_on >= value_off  # ties go to the on branch
+    f_star = torch.where(on, f_on, torch.clamp(f_tilde, max=lam))
+    return f_star, torch.maximum(value_on, value_off) + shared
+
+
+def _max_joint_inplace(diff, f_bu, f_tilde, sigma0, lam, beta, sigma1, sigma2):
+    """In-place form of :func:`max_joint`: ``diff = f_bu - f_tilde`` is a fresh tensor of the
+    full broadcast shape, so every other operand broadcasts into it and it can be overwritten."""
+    weight, k0, k1, k2, shared = _coefficients(sigma0, sigma1, sigma2)
+    f_on = diff.mul_(weight).add_(f_tilde).clamp_(min=lam)  # max(η, λ), in diff's storage
+    value_on = torch.sub(f_bu, f_on)
+    value_on.square_().mul_(k1)
+    scratch = torch.sub(f_on, f_tilde)
+    value_on.add_(scratch.square_().mul_(k0)).sub_(_log(sigma1))
+    c = f_bu - beta
+    background = (k2 * c) * c - _log(sigma2)  # f_bu-shaped, small
+    # copy_ broadcasts f̃ into the full-shape scratch, so f̃ may have fewer dims than the output.
+    value_off = scratch.copy_(f_tilde).sub_(lam).clamp_(min=0.0)
+    value_off.square_().mul_(k0).add_(background)
+    on = value_on >= value_off  # ties go to the on branch
+    value = torch.maximum(value_on, value_off, out=value_on).add_(shared)
+    f_off = scratch.copy_(f_tilde).clamp_(max=lam)
+    f_star = torch.where(on, f_on, f_off, out=f_on)
+    return f_star, value
+
+
+def _broadcast_shape(*xs) -> torch.Size:
+    return torch.broadcast_shapes(*(x.shape for x in xs if isinstance(x, torch.Tensor)))

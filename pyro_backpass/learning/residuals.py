@@ -1,0 +1,75 @@
+"""Squared error of one chosen hypothesis per example, for the M-step (eq. 5).
+
+Training needs ``φ_l(F^{l+1}, γ_n, δ_n)`` for one ``(γ_n, δ_n)`` per example, not all ``K·|Δ|``: the
+chosen component's weights are gathered per example and applied as one grouped convolution
+(groups = examples), and instead of shifting ``φ`` by ``δ`` the target is shifted back by ``-δ``
+with a mask of the cells that stay inside the map. Cells outside that mask are zero-filled in
+``shift(φ, δ)``, so their error does not depend on the weights and is added as a constant.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..hierarchy import Hierarchy
+from ..topdown import TopDownConv, shift
+
+__all__ = ["selected_components", "squared_error"]
+
+
+def selected_components(m: TopDownConv, f_up: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """``ReLU(conv(up(F^{l+1}_n); W_{γ_n}) + b_{γ_n})`` per example, before the shift.
+
+    :param torch.Tensor f_up: (N, C_in, H', W').
+    :param torch.Tensor gamma: (N,) component per example.
+    :returns: (N, C_out, H, W).
+    """
+    N, C = f_up.shape[0], m.out_channels
+    bias = m.bias.view(m.K, C)[gamma].reshape(-1)
+    if m.upsample == "transposed":
+        w = m.weight.view(m.in_channels, m.K, C, 4, 4)[:, gamma]  # (C_in, N, C, 4, 4)
+        w = w.permute(1, 0, 2, 3, 4).reshape(N * m.in_channels, C, 4, 4)
+        y = F.conv_transpose2d(f_up.reshape(1, -1, *f_up.shape[-2:]), w, bias, stride=2, padding=1, groups=N)
+        y = y[..., : m.out_size[0], : m.out_size[1]]
+    else:
+        x = f_up
+        if m.upsample == "nearest" and tuple(x.shape[-2:]) != m.out_size:
+            x = F.interpolate(x, size=m.out_size, mode="nearest")
+        w = m.weight.view(m.K, C, *m.weight.shape[1:])[gamma].reshape(N * C, *m.weight.shape[1:])
+        y = F.conv2d(x.reshape(1, -1, *x.shape[-2:]), w, bias, padding=m.kernel_size // 2, groups=N)
+    return torch.relu(y.reshape(N, C, *y.shape[-2:]))
+
+
+def _shift_back(target: torch.Tensor, offsets: list[tuple[int, int]], delta: torch.Tensor):
+    back = torch.empty_like(target)
+    mask = torch.empty_like(target[:, :1])
+    ones = torch.ones_like(target[0, :1])
+    for i, d in enumerate(delta.tolist()):  # small maps, no grad: the shift is bookkeeping
+        dy, dx = offsets[d]
+        back[i] = shift(target[i], -dy, -dx)
+        mask[i] = shift(ones, -dy, -dx)
+    return back, mask
+
+
+def squared_error(h: Hierarchy, layer: int, upper: torch.Tensor, gamma: torch.Tensor, delta: torch.Tensor,
+                  target: torch.Tensor) -> torch.Tensor:
+    """Per-example ``||F^l_td - φ_l(F^{l+1}, γ, δ)||²`` (differentiable in the top-down weights).
+
+    :param torch.Tensor upper: (N, C_{l+1}, ...) upper maps, or (N,) categories for the top layer.
+    :param torch.Tensor target: (N, C_l, H_l, W_l) observed ``F^l_td``.
+    :returns: (N,).
+    """
+    m = h.topdown[layer]
+    if layer == h.L - 1:
+        comp = torch.relu(m.template[upper, gamma])
+    else:
+        comp = selected_components(m, upper, gamma)
+    spec = h.specs[layer]
+    if spec.offset_radius == 0:
+        return (comp - target).pow(2).flatten(1).sum(1)
+    with torch.no_grad():
+        back, mask = _shift_back(target, spec.offsets, delta)
+        # Target cells that the shifted φ does not cover (zero fill there): their error is the target.
+        const = target.pow(2).flatten(1).sum(1) - (back.pow(2) * mask).flatten(1).sum(1)
+    return ((comp - back).pow(2) * mask).flatten(1).sum(1) + const

@@ -48,8 +48,13 @@ def test_profile_and_estep_forms():
     prof = poutine.trace(pyro.condition(activation_model, data=hidden)).get_trace(h, f_bu=f_bu, form="profile")
     assert "value/image" in prof.nodes and "f_td/image" not in prof.nodes
     est = poutine.trace(pyro.condition(activation_model, data=hidden)).get_trace(h, f_td=f_td, form="estep")
-    assert est.nodes["f_td/top"]["is_observed"]
-    assert torch.equal(est.nodes["f_td/top"]["value"], f_td[-1])
+    # The E-step factor is the Gaussian log-density of the observed F_td under the hypothesis (eq. 5).
+    for l, s in enumerate(h.specs):
+        phi = h.phi(l, hidden["category"] if l == h.L - 1 else f_td[l + 1], hidden[f"gamma/{s.name}"],
+                    hidden[f"delta/{s.name}"])
+        expected = dist.Normal(phi, h.sigma0[l]).to_event(3).log_prob(f_td[l])
+        site = est.nodes[f"value/{s.name}"]
+        torch.testing.assert_close(site["fn"].log_prob(site["value"]), expected)
     with pytest.raises(ValueError, match="f_bu"):
         activation_model(h, form="profile")
     with pytest.raises(ValueError, match="f_td"):

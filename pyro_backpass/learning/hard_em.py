@@ -40,7 +40,7 @@ from .init import initialise
 from .residuals import squared_error
 from .sources import iterate_batches
 
-__all__ = ["HardEMConfig", "hard_em", "usage_stats"]
+__all__ = ["HardEMConfig", "hard_em", "usage_stats", "evaluate"]
 
 
 @dataclass(frozen=True)
@@ -292,3 +292,19 @@ def _init_sigma0(h: Hierarchy, source, config: HardEMConfig) -> None:
     h.set_sigma0((0.5 * rms).to(h.dtype))
     if not math.isfinite(float(h.sigma0.sum())):
         raise ValueError("source: activations give a non-finite scale")
+
+
+def evaluate(model, h: Hierarchy, source, batch_size: int = 32) -> dict:
+    """E-step log-likelihood and relative reconstruction error of ``source`` under ``h`` (no update).
+
+    :returns: ``log_likelihood`` (mean per example), ``layer_log_likelihood`` and ``relative_error``
+        (residual energy over signal energy of ``F_td^l`` predicted from the observed ``F_td^{l+1}``),
+        and ``explained_energy = 1 - relative_error``, per layer.
+    """
+    config = HardEMConfig(batch_size=batch_size)
+    hidden, totals, layer_scores = _e_step(model, h, source, config, progress=False)
+    res, sig, _, _ = _residual_pass(h, source, hidden, config)
+    rel = {s.name: float(res[i] / sig[i].clamp_min(1e-12)) for i, s in enumerate(h.specs)}
+    return {"log_likelihood": float(totals.mean()),
+            "layer_log_likelihood": {s.name: float(layer_scores[:, i].mean()) for i, s in enumerate(h.specs)},
+            "relative_error": rel, "explained_energy": {k: 1 - v for k, v in rel.items()}}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from ..hierarchy import Hierarchy
 from ..topdown import shift, shifted_views
@@ -94,6 +95,51 @@ def frame_templates(top, category: int, maps: torch.Tensor) -> None:
             top.template[category, k].copy_(shift(top.template[category, k], dy, dx))
 
 
+def least_squares_fit(hierarchy: Hierarchy, layer: int, source, gamma: torch.Tensor, generator: torch.Generator,
+                      batch_size: int = 32, max_rows: int = 60_000, ridge: float = 1e-3) -> None:
+    """Set each component of layer ``l`` to the ridge-regression fit of its examples (before the ReLU).
+
+    The top-down convolution is linear in its weights, so given a partition of the examples each
+    component's weights have a closed-form least-squares fit from the (upsampled) upper-layer patches
+    to the layer's maps, at offset 0. It gives every layer, the image layer included, a prediction
+    at the right scale before the first E-step, which a few Adam epochs from a random start do not.
+    Transposed-convolution layers are left to Adam.
+    """
+    m = hierarchy.topdown[layer]
+    if m.upsample == "transposed":
+        return
+    k = m.kernel_size
+    C_out = m.out_channels
+    xs, ys, owners = [], [], []
+    per_batch = max(1, max_rows // max(1, (len(source) + batch_size - 1) // batch_size))
+    with torch.no_grad():
+        for start in range(0, len(source), batch_size):
+            idx = torch.arange(start, min(start + batch_size, len(source)))
+            maps = source.batch(idx)
+            up = maps[layer + 1].float()
+            if m.upsample == "nearest" and tuple(up.shape[-2:]) != m.out_size:
+                up = F.interpolate(up, size=m.out_size, mode="nearest")
+            patches = F.unfold(up, k, padding=k // 2).transpose(1, 2)  # (n, HW, C_in k²)
+            target = maps[layer].float().flatten(2).transpose(1, 2)  # (n, HW, C_out)
+            rows = torch.randint(patches.shape[1], (len(idx), max(1, per_batch // len(idx))), generator=generator)
+            xs.append(torch.gather(patches, 1, rows.unsqueeze(-1).expand(-1, -1, patches.shape[2])).flatten(0, 1))
+            ys.append(torch.gather(target, 1, rows.unsqueeze(-1).expand(-1, -1, C_out)).flatten(0, 1))
+            owners.append(gamma[idx].unsqueeze(1).expand_as(rows).flatten())
+        X, Y, owner = torch.cat(xs).double(), torch.cat(ys).double(), torch.cat(owners)
+        X = torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], 1)  # bias column
+        weight = m.weight.view(m.K, C_out, -1)
+        bias = m.bias.view(m.K, C_out)
+        for c in range(m.K):
+            sel = owner == c
+            if int(sel.sum()) < X.shape[1]:
+                continue  # too few rows for a stable fit: keep the random start
+            A = X[sel]
+            gram = A.T @ A + ridge * len(A) * torch.eye(A.shape[1], dtype=A.dtype)
+            sol = torch.linalg.solve(gram, A.T @ Y[sel])  # (C_in k² + 1, C_out)
+            weight[c].copy_(sol[:-1].T.to(weight))
+            bias[c].copy_(sol[-1].to(bias))
+
+
 def _layer_maps(source, layer: int, batch_size: int, rows: torch.Tensor | None = None) -> torch.Tensor:
     index = torch.arange(len(source)) if rows is None else rows
     return torch.cat([source.batch(index[i:i + batch_size])[layer].float() for i in range(0, len(index), batch_size)])
@@ -138,8 +184,10 @@ def initialise(hierarchy: Hierarchy, source, generator: torch.Generator, epochs:
             rows = torch.arange(i, min(i + batch_size, N))
             gamma[rows] = torch.cdist(source.batch(rows)[l].flatten(1).float(), x[seeds]).argmin(1)
         partition[l] = gamma
+    for l in range(L - 1):
+        least_squares_fit(hierarchy, l, source, partition[l], generator, batch_size)
     params = [p for l in range(L - 1) for p in hierarchy.topdown[l].parameters()]
-    if params:
+    if params and epochs > 0:
         opt = torch.optim.Adam(params, lr=lr)
         centre = {l: hierarchy.specs[l].n_offsets // 2 for l in range(L - 1)}
         for _ in range(epochs):

@@ -37,7 +37,9 @@ class TrainConfig:
     held-out ones, ``n_obs_scenes`` training scenes for the observation fit. Hierarchy: ``layers``
     (empty = every layer of the backbone), ``K`` below the top and ``K_top`` at the top. Backbone:
     ``backbone`` (``small_vgg`` or ``vgg16`` with ``backbone_weights``) and the SmallVGG training
-    budget. Hard EM: see :class:`~pyro_backpass.learning.HardEMConfig`.
+    budget (``0``/empty: the :class:`~pyro_backpass.backbones.BackboneTrainConfig` defaults, so the default
+    run shares its cached backbone with ``python -m scripts.train_backbone``).
+    Hard EM: see :class:`~pyro_backpass.learning.HardEMConfig`.
     """
 
     size: int = 96
@@ -56,9 +58,9 @@ class TrainConfig:
     lr: float = 2e-3
     backbone: str = "small_vgg"
     backbone_weights: str = ""
-    backbone_epochs: int = 3
-    backbone_n_train: int = 500
-    backbone_widths: tuple[int, ...] = (24, 48, 96)
+    backbone_epochs: int = 0
+    backbone_n_train: int = 0
+    backbone_widths: tuple[int, ...] = ()
     compositional: bool = False
     cache_mb: int = 2500
     seed: int = 0
@@ -90,11 +92,12 @@ def _backbone(config: TrainConfig, progress: bool):
     if config.backbone != "small_vgg":
         raise ValueError(f"backbone: expected 'small_vgg' or 'vgg16', got {config.backbone!r}")
     base = BackboneTrainConfig()
-    bcfg = dataclasses.replace(base, input_size=config.size, epochs=config.backbone_epochs,
-                               n_train=config.backbone_n_train, widths=tuple(config.backbone_widths),
-                               compositional=config.compositional, seed=config.seed)
-    if config.backbone_n_train < base.n_train:  # a small budget shrinks the backbone's evaluation sets too
-        small = max(4, config.backbone_n_train // 2)
+    bcfg = dataclasses.replace(base, input_size=config.size, compositional=config.compositional, seed=config.seed,
+                               epochs=config.backbone_epochs or base.epochs,
+                               n_train=config.backbone_n_train or base.n_train,
+                               widths=tuple(config.backbone_widths) or base.widths)
+    if bcfg.n_train < base.n_train:  # a small budget shrinks the backbone's evaluation sets too
+        small = max(4, bcfg.n_train // 2)
         bcfg = dataclasses.replace(bcfg, n_test=small, n_clutter_scenes=small, n_scenes=small)
     model, metrics = load_or_train_backbone(bcfg, progress=progress)
     return model.eval(), {"backbone": "small_vgg", "backbone_config": dataclasses.asdict(bcfg),

@@ -7,8 +7,13 @@ top-down mean ``φ_l`` (eq. 6) and then, by ``form``:
 - ``"generative"``: samples ``f_td/<l> ~ N(φ, σ0)`` (eq. 5) and ``f_bu/<l> ~ PiecewiseGaussian``
   (eq. 9), observed when ``f_bu`` is given (sampling, Sec. 2.2.2);
 - ``"profile"``: sets ``F_td^l`` to the elementwise maximiser given ``φ`` and adds the layer value
-  as the factor ``value/<l>`` (eq. 12-13): the objective the greedy pass and exact MAP maximise;
-- ``"estep"``: observes ``f_td/<l> ~ N(φ, σ0)`` (hard EM's E-step, no ``F_bu`` term).
+  as the factor ``value/<l>`` (eq. 12-13): the objective the greedy pass and exact MAP maximise.
+  The factor is ``max_joint(f_bu, φ)``'s value summed over the map, computed for every enumerated
+  ``(γ, δ)`` at once by :func:`pyro_backpass.topdown.score_hypotheses` from the unshifted components
+  (same numbers up to rounding, no copy of the ``K·|Δ|`` shifted maps); ``F_td^l`` is built after the
+  layer's end, so under the greedy handler only for the kept hypotheses;
+- ``"estep"``: ``F_td^l`` observed, scored by the factor ``value/<l> = log N(F_td^l; φ, σ0)`` (eq. 5;
+  hard EM's E-step, no ``F_bu`` term).
 
 The discrete sites carry ``infer={"enumerate": "parallel", "layer": l}`` so Pyro's enumeration
 (``infer_discrete``) and the greedy handler can enumerate them; the category is tagged with the top
@@ -25,11 +30,14 @@ from __future__ import annotations
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro.ops.indexing import Vindex
 
 from pyro_backpass import sites
 from pyro_backpass.distributions import PiecewiseGaussian, max_joint
+from pyro_backpass.gaussian_scores import gaussian_score_table
 from pyro_backpass.handlers import layer_end
 from pyro_backpass.hierarchy import Hierarchy
+from pyro_backpass.topdown import score_hypotheses, select_hypotheses
 
 __all__ = ["activation_model", "FORMS"]
 
@@ -93,20 +101,85 @@ def activation_model(hierarchy: Hierarchy, f_bu=None, f_td=None, form: str = "ge
                                 dist.Categorical(logits=prior.log_prob_table(l, history)), infer=infer)
             delta = pyro.sample(sites.delta(spec.name),
                                 dist.Categorical(logits=hierarchy.sigma0.new_zeros(spec.n_offsets)), infer=infer)
-            phi = hierarchy.phi(l, upper, gamma, delta)
             sigma0 = hierarchy.sigma0[l]
             obs = hierarchy.obs_params(l)
+            state.update({sites.gamma(spec.name): gamma, sites.delta(spec.name): delta})
+            event_dims.update({sites.gamma(spec.name): 0, sites.delta(spec.name): 0, sites.f_td(spec.name): 3})
+            if form == "profile":
+                state = _profile_layer(hierarchy, l, upper, gamma, delta, f_bu[l], sigma0, obs, state, event_dims)
+                upper = state[sites.f_td(spec.name)]
+                continue
             if form == "generative":
+                phi = hierarchy.phi(l, upper, gamma, delta)
                 ftd = pyro.sample(sites.f_td(spec.name), dist.Normal(phi, sigma0).to_event(3))
                 pyro.sample(sites.f_bu(spec.name), PiecewiseGaussian(ftd, **obs).to_event(3),
                             obs=None if f_bu is None else f_bu[l])
-            elif form == "profile":
-                ftd, value = max_joint(f_bu[l], phi, sigma0, **obs)
-                pyro.factor(sites.value(spec.name), value.sum((-3, -2, -1)))
             else:
-                ftd = pyro.sample(sites.f_td(spec.name), dist.Normal(phi, sigma0).to_event(3), obs=f_td[l])
-            state.update({sites.gamma(spec.name): gamma, sites.delta(spec.name): delta, sites.f_td(spec.name): ftd})
-            event_dims.update({sites.gamma(spec.name): 0, sites.delta(spec.name): 0, sites.f_td(spec.name): 3})
+                ftd = _estep_layer(hierarchy, l, upper, gamma, delta, f_td[l])
+            state[sites.f_td(spec.name)] = ftd
             state = layer_end(l, state, event_dims)
             upper = state[sites.f_td(spec.name)]
+    return state
+
+
+def _estep_layer(hierarchy: Hierarchy, l: int, upper, gamma, delta, f_td_obs):
+    """One layer of the E-step form: ``F_td^l`` is observed, scored against every hypothesis.
+
+    The factor ``value/<l>`` is ``log N(F_td^l; φ_l(F^{l+1}, γ, δ), σ0)`` summed over the map (eq. 4-5),
+    read from a table over all ``(γ, δ)`` computed by correlation
+    (:func:`~pyro_backpass.gaussian_scores.gaussian_score_table`), so no ``K·|Δ|`` maps are built.
+    """
+    table = gaussian_score_table(hierarchy, l, upper, f_td_obs)
+    if l == hierarchy.L - 1:
+        value = Vindex(table)[..., upper, gamma, delta]
+    else:
+        value = Vindex(table)[..., gamma, delta]
+    pyro.factor(sites.value(hierarchy.specs[l].name), value)
+    return f_td_obs
+
+
+_COMPONENTS = "_components"
+
+
+def _profile_layer(hierarchy: Hierarchy, l: int, upper, gamma, delta, f_bu, sigma0, obs, state, event_dims):
+    """One layer of the profile form: the factor ``value/<l>`` over every hypothesis, the layer's end,
+    then ``F_td^l``, the elementwise maximiser (eq. 13) under the hypotheses that are left.
+
+    The factor is ``max_joint(f_bu, φ)``'s value summed over the map, computed by
+    :func:`~pyro_backpass.topdown.score_hypotheses` from the unshifted top-down components (no copy of
+    the ``K·|Δ|`` shifted maps). ``F_td`` is only built after :func:`layer_end`: under the greedy
+    handler that is for the kept hypotheses alone; without it (``infer_discrete``, tracing) it has the
+    full broadcast shape as before. The components travel through ``layer_end`` (so the handler gathers
+    them for the kept beam entries) and are dropped from the state after it; ``F_td^l`` is added to the
+    returned state, which the greedy handler keeps as its record of the pass.
+    """
+    spec = hierarchy.specs[l]
+    top = l == hierarchy.L - 1
+    module = hierarchy.topdown[l]
+    if top:
+        comps = module.components()  # (n_categories, K, C, H, W), the same for every image
+        index = (upper, gamma)
+    else:
+        comps = module.components(upper)  # (*B, K, C, H, W)
+        index = (gamma,)
+    # Top-down maps are ReLU outputs (eq. 6), hence nonnegative.
+    value = score_hypotheses(f_bu, comps, spec.offset_radius, index, delta, sigma0, **obs, nonnegative=True)
+    pyro.factor(sites.value(spec.name), value)
+    if not top:
+        state[_COMPONENTS] = comps
+        event_dims[_COMPONENTS] = 4
+    state = layer_end(l, state, event_dims)
+    gamma, delta = state[sites.gamma(spec.name)], state[sites.delta(spec.name)]
+    if top:
+        index = (state[sites.CATEGORY], gamma)
+    else:
+        comps = state.pop(_COMPONENTS)
+        index = (gamma,)
+    # Gather the kept components first, then shift only those (no padded copy of all K components).
+    if spec.offset_radius:
+        chosen = select_hypotheses(comps, 0, index, torch.zeros_like(delta))
+        phi = select_hypotheses(chosen, spec.offset_radius, (), delta)
+    else:
+        phi = select_hypotheses(comps, 0, index, delta)
+    state[sites.f_td(spec.name)] = max_joint(f_bu, phi, sigma0, **obs)[0]
     return state

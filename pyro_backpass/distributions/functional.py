@@ -88,7 +88,7 @@ def max_joint(f_bu, f_tilde, sigma0, lam, beta, sigma1, sigma2):
     if (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)) or any(
             t.dtype != f_tilde.dtype for t in tensors):
         return _max_joint_functional(f_bu, f_tilde, *params)
-    if torch.broadcast_shapes(f_bu.shape, f_tilde.shape) != _broadcast_shape(*tensors):
+    if _shape(f_bu.shape, f_tilde.shape) != _broadcast_shape(*tensors):
         return _max_joint_functional(f_bu, f_tilde, *params)
     return _max_joint_inplace(f_bu - f_tilde, f_bu, f_tilde, *params)
 
@@ -144,4 +144,17 @@ def _max_joint_inplace(diff, f_bu, f_tilde, sigma0, lam, beta, sigma1, sigma2):
 
 
 def _broadcast_shape(*xs) -> torch.Size:
-    return torch.broadcast_shapes(*(x.shape for x in xs if isinstance(x, torch.Tensor)))
+    return _shape(*(x.shape for x in xs if isinstance(x, torch.Tensor)))
+
+
+def _shape(*shapes) -> torch.Size:
+    """``torch.broadcast_shapes`` for plain shapes, without its per-call overhead (this is a hot path)."""
+    nd = max((len(s) for s in shapes), default=0)
+    out = [1] * nd
+    for s in shapes:
+        for i, size in enumerate(s, nd - len(s)):
+            if size != 1:
+                if out[i] not in (1, size):
+                    raise RuntimeError(f"shapes {[tuple(t) for t in shapes]} cannot be broadcast together")
+                out[i] = size
+    return torch.Size(out)

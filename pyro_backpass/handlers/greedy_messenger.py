@@ -13,6 +13,13 @@ Beam ``B = 1`` is the paper's greedy pass; ``B > 1`` keeps the ``B`` best partia
 paper's multiple parsing paths). With ``topk_layer`` set, the ``topk`` best hypotheses at that layer
 are kept and each is completed greedily below it (posterior modes, Fig. 5).
 
+The dict that ``layer_end`` returns under this handler is the handler's record of the pass: entries
+the model adds to it after ``layer_end`` (values it computes from the collapsed hypotheses, such as the
+profile form's ``F_td``, built for the kept hypotheses only) or removes from it (scratch it carried
+through the collapse) are reflected in :meth:`GreedyMessenger.get_result`. Tensors that do not depend
+on the layer's hypotheses nor on the beam entry come back as broadcast views (no copy); do not write
+into them.
+
 Compose with :func:`pyro.condition` inside this handler to clamp any hidden site::
 
     with greedy(beam=3) as g:
@@ -28,6 +35,8 @@ from dataclasses import dataclass
 import torch
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
+
+from ..topdown import broadcast_shape
 
 __all__ = ["GreedyMessenger", "GreedyHandler", "GreedyState", "greedy"]
 
@@ -145,7 +154,7 @@ class GreedyMessenger(Messenger):
             raise RuntimeError(f"layer_end({layer}): no site was scored in this layer")
         total = score if self._total is None else self._total + score
         batch_shapes = [v.shape[: v.dim() - event_dims.get(k, 0)] for k, v in state.items()]
-        full = torch.broadcast_shapes(total.shape, *batch_shapes, (1, 1))
+        full = broadcast_shape(total.shape, *batch_shapes, (1, 1))
         hyp_shape, n = tuple(full[:-1]), full[-1]
         H = math.prod(hyp_shape)
         flat = total.expand(full).reshape(H, n)
@@ -165,6 +174,9 @@ class GreedyMessenger(Messenger):
 
         def take(x: torch.Tensor, event_dim: int) -> torch.Tensor:
             x = x.reshape((1,) * (nd + event_dim - x.dim()) + tuple(x.shape))
+            if all(x.shape[d] == 1 for d in range(nd - 1)):
+                # Independent of this layer's hypotheses and of the beam entry: a broadcast view, no copy.
+                return x.reshape(x.shape[nd - 1:]).expand(tuple(idx.shape) + tuple(x.shape[nd:]))
             index = [c if x.shape[d] > 1 else torch.zeros_like(c) for d, c in enumerate(coords)]
             index.append(rows if x.shape[nd - 1] > 1 else torch.zeros_like(rows))
             return x[tuple(index)]

@@ -15,7 +15,6 @@ import pyro
 import torch
 
 from .. import sites
-from ..distributions import PiecewiseGaussian
 from ..handlers import GreedyMessenger
 from ..hierarchy import Hierarchy
 from ..validation import check_index_range
@@ -78,7 +77,15 @@ def empty_score(hierarchy: Hierarchy, f_bu: list[torch.Tensor]) -> torch.Tensor:
     total = 0.0
     for l, x in enumerate(f_bu):
         obs = hierarchy.obs_params(l)
-        lp = PiecewiseGaussian(torch.zeros_like(x), **obs, validate_args=False).log_prob(x).sum((-3, -2, -1))
+        # PiecewiseGaussian(0) per channel: the object branch (N(0, σ1)) where 0 ≥ λ, else N(β, σ2). The
+        # branch depends on the channel only, so the density is picked per channel, not per element.
+        on = obs["lam"] <= 0
+        loc = torch.where(on, torch.zeros_like(obs["beta"]), obs["beta"])
+        scale = torch.where(on, obs["sigma1"], obs["sigma2"])
+        # Σ_i log N(x_i; loc_c, scale_c), with the constants summed analytically (one map-sized temporary).
+        H, W = x.shape[-2:]
+        lp = torch.sub(x, loc).div_(scale).square_().sum((-3, -2, -1)).mul_(-0.5)
+        lp = lp - H * W * (torch.log(scale).sum() + x.shape[-3] * 0.5 * math.log(2 * math.pi))
         const = -torch.log(hierarchy.sigma0[l]) - 0.5 * math.log(2 * math.pi)
         total = total + lp + const * x[0].numel()
     return total
@@ -89,7 +96,9 @@ def _run(model, hierarchy, beam, topk, topk_layer, clamp, **kwargs):
         topk_layer = hierarchy.layer_index(topk_layer)
     msngr = GreedyMessenger(beam=beam, topk=topk, topk_layer=topk_layer)
     conditioned = pyro.condition(model, data=check_clamp(hierarchy, clamp)) if clamp else model
-    with torch.no_grad(), msngr:
+    # Inputs and clamps are validated up front (check_maps, check_clamp); Pyro's per-site validation
+    # (support checks of every enumerated value, each a host sync) is off inside the pass.
+    with torch.no_grad(), pyro.validation_enabled(False), msngr:
         conditioned(hierarchy, **kwargs)
     res = msngr.get_result()
     L = hierarchy.L

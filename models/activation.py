@@ -9,7 +9,7 @@ top-down mean ``φ_l`` (eq. 6) and then, by ``form``:
 - ``"profile"``: sets ``F_td^l`` to the elementwise maximiser given ``φ`` and adds the layer value
   as the factor ``value/<l>`` (eq. 12-13): the objective the greedy pass and exact MAP maximise.
   The factor is ``max_joint(f_bu, φ)``'s value summed over the map, computed for every enumerated
-  ``(γ, δ)`` at once by :func:`pyro_backpass.topdown.score_hypotheses` from the unshifted components
+  ``(γ, δ)`` at once by :func:`pyro_backpass.scoring.score_hypotheses` from the unshifted components
   (same numbers up to rounding, no copy of the ``K·|Δ|`` shifted maps); ``F_td^l`` is built after the
   layer's end, so under the greedy handler only for the kept hypotheses;
 - ``"estep"``: ``F_td^l`` observed, scored by the factor ``value/<l> = log N(F_td^l; φ, σ0)`` (eq. 5;
@@ -37,7 +37,8 @@ from pyro_backpass.distributions import PiecewiseGaussian, max_joint
 from pyro_backpass.gaussian_scores import gaussian_score_table
 from pyro_backpass.handlers import layer_end
 from pyro_backpass.hierarchy import Hierarchy
-from pyro_backpass.topdown import score_hypotheses, select_hypotheses
+from pyro_backpass.scoring import score_hypotheses
+from pyro_backpass.topdown import select_hypotheses
 
 __all__ = ["activation_model", "FORMS"]
 
@@ -146,7 +147,7 @@ def _profile_layer(hierarchy: Hierarchy, l: int, upper, gamma, delta, f_bu, sigm
     then ``F_td^l``, the elementwise maximiser (eq. 13) under the hypotheses that are left.
 
     The factor is ``max_joint(f_bu, φ)``'s value summed over the map, computed by
-    :func:`~pyro_backpass.topdown.score_hypotheses` from the unshifted top-down components (no copy of
+    :func:`~pyro_backpass.scoring.score_hypotheses` from the unshifted top-down components (no copy of
     the ``K·|Δ|`` shifted maps). ``F_td`` is only built after :func:`layer_end`: under the greedy
     handler that is for the kept hypotheses alone; without it (``infer_discrete``, tracing) it has the
     full broadcast shape as before. The components travel through ``layer_end`` (so the handler gathers

@@ -7,7 +7,7 @@ from models.activation import activation_model
 from models.toy import toy_hierarchy, toy_specs
 from pyro_backpass.handlers import GreedyMessenger
 from pyro_backpass.inference import backward_pass
-from pyro_backpass.topdown import score_table
+from pyro_backpass.scoring import score_table
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

@@ -36,7 +36,7 @@ import torch
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
-from ..topdown import broadcast_shape
+from ..scoring import broadcast_shape
 
 __all__ = ["GreedyMessenger", "GreedyHandler", "GreedyState", "greedy"]
 

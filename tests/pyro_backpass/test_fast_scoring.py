@@ -3,10 +3,11 @@
 import pytest
 import torch
 
-from pyro_backpass import topdown
+from pyro_backpass import scoring
 from pyro_backpass.distributions import max_joint
+from pyro_backpass.scoring import score_hypotheses, score_table
 from pyro_backpass.specs import offsets_for_radius
-from pyro_backpass.topdown import score_hypotheses, score_table, select_hypotheses, shift
+from pyro_backpass.topdown import select_hypotheses, shift
 
 
 def _params(C, g, lam_scale=0.0, per_channel=True):
@@ -60,7 +61,7 @@ def test_score_table_chunks_give_the_same_numbers(monkeypatch):
     comps = torch.rand(1, 3, 5, 4, 6, 6, generator=g, dtype=torch.float64)
     params = _params(4, g, 1.0)
     whole = score_table(x, comps, 1, *params)
-    monkeypatch.setattr(topdown, "CHUNK_ELEMENTS", 7)
+    monkeypatch.setattr(scoring, "CHUNK_ELEMENTS", 7)
     torch.testing.assert_close(score_table(x, comps, 1, *params), whole)
 
 

@@ -2,8 +2,8 @@
 
 Renders the data, trains or loads the backbone, fits the observation model and runs hard EM with the
 activation model of ``models/``. Writes ``DIR/model/`` (the checkpoint, with the SmallVGG weights),
-``DIR/em/`` (per-iteration checkpoints; an interrupted run resumes from them), ``DIR/config.json``,
-``DIR/metrics.json`` and ``DIR/log_likelihood.png``.
+``DIR/em-<key>/`` (per-iteration checkpoints, keyed by the config; an interrupted run resumes from
+them), ``DIR/config.json``, ``DIR/metrics.json`` and ``DIR/log_likelihood.png``.
 """
 
 from __future__ import annotations

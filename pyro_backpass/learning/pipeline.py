@@ -145,7 +145,7 @@ def _fit_observations(h: Hierarchy, backbone, config: TrainConfig, progress: boo
 
 
 def run_training(model, config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
-    """Run every stage, write ``out/model``, ``out/em`` (checkpoints) and return the metrics dict."""
+    """Run every stage, write ``out/model``, ``out/em-<key>`` (checkpoints) and return the metrics dict."""
     out = Path(out)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -177,13 +177,17 @@ def run_training(model, config: TrainConfig, out: str | Path, progress: bool = T
                           sgd_epochs=config.sgd_epochs, lr=config.lr, prior_order=config.prior_order,
                           alpha=config.alpha, seed=config.seed)
     t = time.perf_counter()
-    h, history = hard_em(model, h, train, em_cfg, checkpoint_dir=out / "em", val_source=val, progress=progress)
+    # The EM checkpoint folder is keyed by the whole run config and the backbone's, so a run with other
+    # data or another backbone never resumes from this one's checkpoint.
+    run_key = json.dumps({"train": dataclasses.asdict(config), "backbone": backbone_info.get("backbone_config")},
+                         sort_keys=True, default=str)
+    em_dir = out / f"em-{hashlib.sha256(run_key.encode()).hexdigest()[:12]}"
+    h, history = hard_em(model, h, train, em_cfg, checkpoint_dir=em_dir, val_source=val, progress=progress)
     seconds["hard_em"] = time.perf_counter() - t
     t = time.perf_counter()
     final_val = evaluate(model, h, val, config.em_batch_size)
     seconds["evaluate"] = time.perf_counter() - t
-    digest = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[:16]
-    save_hierarchy(h, out / "model", extra={"train_config": dataclasses.asdict(config), "config_digest": digest,
+    save_hierarchy(h, out / "model", extra={"train_config": dataclasses.asdict(config), "em_checkpoint": em_dir.name,
                                              **{k: v for k, v in backbone_info.items() if k != "backbone_metrics"}})
     if config.backbone == "small_vgg":
         from ..backbones import save_small_vgg

@@ -36,7 +36,7 @@ from ..inference import impute
 from ..io import atomic_write_json
 from ..priors import NGramPrior
 from ..topdown import shift
-from .init import initialise
+from .init import initialise, least_squares_fit
 from .residuals import squared_error
 from .sources import iterate_batches
 
@@ -104,7 +104,7 @@ def _residual_pass(h: Hierarchy, source, hidden, config: HardEMConfig):
     res = torch.zeros(L, dtype=torch.float64)
     sig = torch.zeros(L, dtype=torch.float64)
     n_el = torch.zeros(L, dtype=torch.float64)
-    per_example = torch.zeros(len(source), dtype=torch.float64)
+    per_example = torch.zeros(len(source), L, dtype=torch.float64)
     with torch.no_grad():
         for idx in iterate_batches(len(source), config.batch_size):
             maps = [m.to(h.device, h.dtype) for m in source.batch(idx)]
@@ -114,16 +114,22 @@ def _residual_pass(h: Hierarchy, source, hidden, config: HardEMConfig):
                 r = squared_error(h, l, upper, hidden[sites.gamma(spec.name)][idx].to(h.device),
                                   hidden[sites.delta(spec.name)][idx].to(h.device), maps[l]).double().cpu()
                 res[l] += r.sum()
-                per_example[idx] += r / maps[l][0].numel()
+                per_example[idx, l] = r / maps[l][0].numel()
                 sig[l] += maps[l].pow(2).sum().double().cpu()
                 n_el[l] += maps[l].numel()
     return res, sig, n_el, per_example
 
 
 def _reseed_dead(h: Hierarchy, source, hidden, per_example_error, generator) -> dict[int, list[int]]:
-    """Give every empty component a worst-fit example (top: its map; below: a perturbed copy)."""
+    """Give every empty component the examples its layer fits worst.
+
+    Top layer: the template becomes a worst-fit example's map. Lower layers: the component is fitted by
+    ridge least squares to the layer's worst-fit examples (a split of what the used components explain
+    worst); a noisy copy of a used component would lose every tie in the next E-step and stay empty.
+
+    :param torch.Tensor per_example_error: (N, L) mean squared error per example and layer.
+    """
     reseeded = {}
-    worst = per_example_error.argsort(descending=True)
     with torch.no_grad():
         for l, spec in enumerate(h.specs):
             gamma = hidden[sites.gamma(spec.name)]
@@ -132,22 +138,19 @@ def _reseed_dead(h: Hierarchy, source, hidden, per_example_error, generator) -> 
             if not dead:
                 continue
             reseeded[l] = dead
-            for j, k in enumerate(dead):
-                ex = worst[j % len(worst)]
-                if l == h.L - 1:
-                    c = int(source.categories[ex])
+            worst = per_example_error[:, l].argsort(descending=True)
+            if l == h.L - 1:
+                for j, k in enumerate(dead):
+                    ex = worst[j % len(worst)]
                     top_map = source.batch(ex.reshape(1))[l][0].to(h.device, h.dtype)
-                    h.topdown[l].template[c, k].copy_(top_map)
-                else:
-                    # The component that explains this worst example gets a perturbed twin in slot k.
-                    src = int(gamma[ex])
-                    m = h.topdown[l]
-                    C = m.out_channels
-                    w = m.weight.view(m.K, C, *m.weight.shape[1:]) if m.upsample != "transposed" else None
-                    if w is not None:
-                        noise = torch.randn(w[src].shape, generator=generator).to(w) * 0.1 * w[src].std()
-                        w[k].copy_(w[src] + noise)
-                        m.bias.view(m.K, C)[k].copy_(m.bias.view(m.K, C)[src])
+                    h.topdown[l].template[int(source.categories[ex]), k].copy_(top_map)
+                continue
+            # Split the worst-fit examples (the worst ``N/K`` of them) among the dead components.
+            share = max(1, len(worst) // spec.K)
+            owner = torch.full((len(source),), -1, dtype=torch.long)
+            for j, k in enumerate(dead):
+                owner[worst[j * share:(j + 1) * share]] = k
+            least_squares_fit(h, l, source, owner, generator, components=dead)
     return reseeded
 
 

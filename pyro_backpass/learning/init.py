@@ -96,14 +96,16 @@ def frame_templates(top, category: int, maps: torch.Tensor) -> None:
 
 
 def least_squares_fit(hierarchy: Hierarchy, layer: int, source, gamma: torch.Tensor, generator: torch.Generator,
-                      batch_size: int = 32, max_rows: int = 60_000, ridge: float = 1e-3) -> None:
+                      batch_size: int = 32, max_rows: int = 60_000, ridge: float = 1e-3,
+                      components: list[int] | None = None) -> None:
     """Set each component of layer ``l`` to the ridge-regression fit of its examples (before the ReLU).
 
     The top-down convolution is linear in its weights, so given a partition of the examples each
     component's weights have a closed-form least-squares fit from the (upsampled) upper-layer patches
     to the layer's maps, at offset 0. It gives every layer, the image layer included, a prediction
     at the right scale before the first E-step, which a few Adam epochs from a random start do not.
-    Transposed-convolution layers are left to Adam.
+    Transposed-convolution layers are left to Adam. ``components`` restricts the fit to those
+    components (examples with ``gamma = -1`` belong to none).
     """
     m = hierarchy.topdown[layer]
     if m.upsample == "transposed":
@@ -129,7 +131,7 @@ def least_squares_fit(hierarchy: Hierarchy, layer: int, source, gamma: torch.Ten
         X = torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], 1)  # bias column
         weight = m.weight.view(m.K, C_out, -1)
         bias = m.bias.view(m.K, C_out)
-        for c in range(m.K):
+        for c in (range(m.K) if components is None else components):
             sel = owner == c
             if int(sel.sum()) < X.shape[1]:
                 continue  # too few rows for a stable fit: keep the random start

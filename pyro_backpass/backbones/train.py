@@ -44,9 +44,11 @@ class BackboneTrainConfig:
     shuffling and augmentation. ``threads``: torch CPU threads while training (0 keeps the current
     setting); on a shared machine 1 thread can be faster than 2 (measured 75 vs 138 ms/image at
     load ~7 on 2 cores), and the thread count can change float summation order, hence the weights.
-    **Status (measured at load ~5 on the shared 2-core CPU, 1 thread):** these defaults (3 epochs)
-    reach test/clutter accuracy 0.50/0.36 in 17 min; 6 epochs reach 0.80/0.48 in 26 min. Neither
-    meets the 0.95/0.85 target: more sample-efficient training is still needed (see the report).
+    **Status (2-core CPU):** these defaults (8 epochs, training backgrounds that include the scene
+    generator's textures) reach test/clutter accuracy 0.85/0.55 in 795 s of training at load ~2 with
+    2 threads (``python -m scripts.train_backbone --out runs/backbone_e8 --epochs 8``). Earlier, with
+    smooth-noise backgrounds only and at load ~5: 3 epochs gave 0.50/0.36, 6 epochs 0.80/0.48. None
+    meets the 0.95/0.85 target: more sample-efficient training is still needed.
     ``compositional_fraction``: the share of each batch whose object-alone copy also goes through
     the network for the compositional loss (the copies cost a forward and backward pass each).
     """
@@ -60,7 +62,7 @@ class BackboneTrainConfig:
     n_clutter_scenes: int = 50
     n_scenes: int = 100
     data_seed: int = 0
-    epochs: int = 3
+    epochs: int = 8
     batch_size: int = 32
     lr: float = 3e-3
     weight_decay: float = 5e-4

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .distributions import max_joint
+from .distributions.functional import broadcast_shape
 from .topdown import select_hypotheses
 
 __all__ = ["score_hypotheses", "score_table", "clear_scratch", "broadcast_shape", "CHUNK_ELEMENTS",
@@ -256,19 +257,6 @@ def score_hypotheses(f_bu: torch.Tensor, components: torch.Tensor, radius: int, 
         (), dtype=torch.long, device=f_bu.device)
     n = torch.arange(N, device=f_bu.device)
     return table[p, n, k, delta]
-
-
-def broadcast_shape(*shapes) -> tuple[int, ...]:
-    """``torch.broadcast_shapes`` for plain int shapes, without its per-call overhead (hot path)."""
-    nd = max((len(s) for s in shapes), default=0)
-    out = [1] * nd
-    for s in shapes:
-        for i, size in enumerate(s, nd - len(s)):
-            if size != 1:
-                if out[i] not in (1, size):
-                    raise RuntimeError(f"shapes {[tuple(t) for t in shapes]} cannot be broadcast together")
-                out[i] = size
-    return tuple(out)
 
 
 def _ravel(index: tuple[torch.Tensor, ...], sizes: tuple[int, ...]) -> torch.Tensor:

@@ -147,8 +147,8 @@ def _broadcast_shape(*xs) -> torch.Size:
     return _shape(*(x.shape for x in xs if isinstance(x, torch.Tensor)))
 
 
-def _shape(*shapes) -> torch.Size:
-    """``torch.broadcast_shapes`` for plain shapes, without its per-call overhead (this is a hot path)."""
+def broadcast_shape(*shapes) -> tuple[int, ...]:
+    """``torch.broadcast_shapes`` for plain int shapes, without its per-call overhead (hot path)."""
     nd = max((len(s) for s in shapes), default=0)
     out = [1] * nd
     for s in shapes:
@@ -157,4 +157,8 @@ def _shape(*shapes) -> torch.Size:
                 if out[i] not in (1, size):
                     raise RuntimeError(f"shapes {[tuple(t) for t in shapes]} cannot be broadcast together")
                 out[i] = size
-    return torch.Size(out)
+    return tuple(out)
+
+
+def _shape(*shapes) -> torch.Size:
+    return torch.Size(broadcast_shape(*shapes))

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..hierarchy import Hierarchy
-from ..topdown import TopDownConv, shift
+from ..topdown import TopDownConv, shifted_views
 
 __all__ = ["selected_components", "squared_error"]
 
@@ -41,14 +41,18 @@ def selected_components(m: TopDownConv, f_up: torch.Tensor, gamma: torch.Tensor)
     return torch.relu(y.reshape(N, C, *y.shape[-2:]))
 
 
-def _shift_back(target: torch.Tensor, offsets: list[tuple[int, int]], delta: torch.Tensor):
-    back = torch.empty_like(target)
-    mask = torch.empty_like(target[:, :1])
-    ones = torch.ones_like(target[0, :1])
-    for i, d in enumerate(delta.tolist()):  # small maps, no grad: the shift is bookkeeping
-        dy, dx = offsets[d]
-        back[i] = shift(target[i], -dy, -dx)
-        mask[i] = shift(ones, -dy, -dx)
+def _shift_back(target: torch.Tensor, radius: int, delta: torch.Tensor):
+    """``shift(target_n, -δ_n)`` and its in-map mask, for every example at once (one gather).
+
+    View ``[j, k]`` of :func:`shifted_views` is the shift ``(r - j, r - k)``, so ``-δ`` is ``j = r + δ_y``,
+    i.e. the row/column index of ``δ`` in ``LayerSpec.offsets``.
+    """
+    side = 2 * radius + 1
+    iy, ix = delta // side, delta % side
+    n = torch.arange(target.shape[0], device=target.device)
+    back = shifted_views(target, radius).permute(0, 2, 3, 1, 4, 5)[n, iy, ix]
+    ones = torch.ones_like(target[:, :1])
+    mask = shifted_views(ones, radius).permute(0, 2, 3, 1, 4, 5)[n, iy, ix]
     return back, mask
 
 
@@ -69,7 +73,7 @@ def squared_error(h: Hierarchy, layer: int, upper: torch.Tensor, gamma: torch.Te
     if spec.offset_radius == 0:
         return (comp - target).pow(2).flatten(1).sum(1)
     with torch.no_grad():
-        back, mask = _shift_back(target, spec.offsets, delta)
+        back, mask = _shift_back(target, spec.offset_radius, delta)
         # Target cells that the shifted φ does not cover (zero fill there): their error is the target.
         const = target.pow(2).flatten(1).sum(1) - (back.pow(2) * mask).flatten(1).sum(1)
     return ((comp - back).pow(2) * mask).flatten(1).sum(1) + const

@@ -57,7 +57,7 @@ def _batch_size(hierarchy: Hierarchy, f_bu, f_td, n):
 
 
 def activation_model(hierarchy: Hierarchy, f_bu=None, f_td=None, form: str = "generative", n: int | None = None,
-                     category=None, prior=None, validate: bool = True):
+                     category=None, prior=None, delta_logits: dict | None = None, validate: bool = True):
     """The generative model of CNN activations as a Pyro program.
 
     :param Hierarchy hierarchy: specs and parameters.
@@ -67,6 +67,9 @@ def activation_model(hierarchy: Hierarchy, f_bu=None, f_td=None, form: str = "ge
     :param int n: number of images when neither ``f_bu`` nor ``f_td`` is given (sampling).
     :param category: clamp ``F^L``: a category index or name, or an integer tensor (N,).
     :param prior: a γ prior overriding ``hierarchy.prior`` (any object with ``log_prob_table``).
+    :param dict delta_logits: layer name → unnormalised log-probabilities over that layer's offsets,
+        (|Δ_l|,) or (N, |Δ_l|), replacing the uniform ``P(δ^l)`` of eq. 7: a top-down location
+        query (Sec. 3.2) is a prior over the top layer's δ. Layers not named keep the uniform prior.
     :param bool validate: check ``f_bu``/``f_td`` against the specs (turn off inside tight loops).
     :returns: dict of the final state: ``category`` and every ``gamma/*``, ``delta/*``, ``f_td/*``.
     """
@@ -86,6 +89,7 @@ def activation_model(hierarchy: Hierarchy, f_bu=None, f_td=None, form: str = "ge
     prior = hierarchy.prior if prior is None else prior
     specs, L = hierarchy.specs, hierarchy.L
     N = _batch_size(hierarchy, f_bu, f_td, n)
+    delta_logits = _check_delta_logits(hierarchy, delta_logits, N)
     enum = {"enumerate": "parallel", "layer": L - 1}
 
     with pyro.plate("images", N, dim=-1):
@@ -100,8 +104,10 @@ def activation_model(hierarchy: Hierarchy, f_bu=None, f_td=None, form: str = "ge
             history = [state[sites.CATEGORY]] + [state[sites.gamma(specs[j].name)] for j in range(L - 1, l, -1)]
             gamma = pyro.sample(sites.gamma(spec.name),
                                 dist.Categorical(logits=prior.log_prob_table(l, history)), infer=infer)
-            delta = pyro.sample(sites.delta(spec.name),
-                                dist.Categorical(logits=hierarchy.sigma0.new_zeros(spec.n_offsets)), infer=infer)
+            d_logits = delta_logits.get(spec.name)
+            if d_logits is None:
+                d_logits = hierarchy.sigma0.new_zeros(spec.n_offsets)
+            delta = pyro.sample(sites.delta(spec.name), dist.Categorical(logits=d_logits), infer=infer)
             sigma0 = hierarchy.sigma0[l]
             obs = hierarchy.obs_params(l)
             state.update({sites.gamma(spec.name): gamma, sites.delta(spec.name): delta})
@@ -121,6 +127,25 @@ def activation_model(hierarchy: Hierarchy, f_bu=None, f_td=None, form: str = "ge
             state = layer_end(l, state, event_dims)
             upper = state[sites.f_td(spec.name)]
     return state
+
+
+def _check_delta_logits(hierarchy: Hierarchy, delta_logits, N: int) -> dict:
+    """Validate ``delta_logits`` (layer name → (|Δ|,) or (N, |Δ|) logits); returns them on the hierarchy."""
+    if not delta_logits:
+        return {}
+    if not isinstance(delta_logits, dict):
+        raise TypeError(f"delta_logits: expected a dict of layer name -> logits, got {type(delta_logits).__name__}")
+    out = {}
+    for name, logits in delta_logits.items():
+        spec = hierarchy.specs[hierarchy.layer_index(name)]
+        t = torch.as_tensor(logits, dtype=hierarchy.dtype, device=hierarchy.device)
+        if t.shape not in ((spec.n_offsets,), (N, spec.n_offsets)):
+            raise ValueError(f"delta_logits[{name!r}]: expected shape ({spec.n_offsets},) or ({N}, {spec.n_offsets}), "
+                             f"got {tuple(t.shape)}")
+        if torch.isnan(t).any() or (t == float("inf")).any() or bool((t == -float("inf")).all()):
+            raise ValueError(f"delta_logits[{name!r}]: expected finite logits (-inf allowed, not everywhere), got {t}")
+        out[name] = t
+    return out
 
 
 def _estep_layer(hierarchy: Hierarchy, l: int, upper, gamma, delta, f_td_obs):

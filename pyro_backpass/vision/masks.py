@@ -1,0 +1,135 @@
+"""Instance masks from a backward pass: where the top-down prediction says the object is (DESIGN §4).
+
+The rule, measured better than the image layer's on-set in the feasibility runs (DESIGN §9): take the
+top-down prediction ``f̃ = φ_l(F^{l+1}_td, γ^l, δ^l)`` (eq. 6) of an early feature layer (conv1_2 by
+default), call a pixel *predicted* where its per-pixel channel norm is above ``fraction`` of its
+maximum over the map, and keep the predicted pixels that pass a bottom-up *gate*, a test that the
+scene agrees with the prediction there. The gates:
+
+- ``"agreement"`` (default): the per-pixel log-likelihood ratio of the layer's observation under the
+  prediction against the empty explanation, ``Σ_c [v(f_bu, f̃) - v(f_bu, 0)] > threshold`` where ``v``
+  is the value of eq. 13 (:func:`~pyro_backpass.distributions.max_joint`). It asks the model itself
+  whether the object explains the pixel better than nothing does, so it works on any background;
+- ``"nonblack"``: the scene pixel is not black (the feasibility run's gate; only meaningful on black
+  backgrounds, kept for comparison);
+- ``"none"``: no gate.
+
+The rule is one replaceable function with the signature of :func:`instance_masks`; any function
+``rule(hierarchy, f_bu, result) -> (B, N, S, S) bool`` can be passed where a mask rule is taken.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .. import sites
+from ..distributions import max_joint
+from ..hierarchy import Hierarchy
+from ..inference import BackwardResult
+
+__all__ = ["MaskConfig", "GATES", "top_down_prediction", "instance_masks", "agreement_map"]
+
+GATES = ("agreement", "nonblack", "none")
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    """Defaults of the instance-mask rule.
+
+    :param str layer: the feature layer whose top-down prediction defines the mask.
+    :param float fraction: a pixel is predicted where ``‖f̃‖ ≥ fraction · max ‖f̃‖`` (per image).
+    :param str gate: one of :data:`GATES`.
+    :param str gate_layer: the layer the agreement gate is evaluated on (``""``: ``layer``).
+    :param float gate_threshold: the agreement gate's threshold on the per-pixel log-likelihood ratio
+        (nats); for ``"nonblack"``, the threshold on the pixel's largest channel.
+    :param int smooth: side of a box filter applied to the gate's log-ratio map before thresholding
+        (1: none); the ratio of one pixel is noisy, a small neighbourhood is not.
+    """
+
+    layer: str = "conv1_2"
+    fraction: float = 0.35
+    gate: str = "agreement"
+    gate_layer: str = ""
+    gate_threshold: float = 0.0
+    smooth: int = 3
+
+    def __post_init__(self):
+        if self.gate not in GATES:
+            raise ValueError(f"gate: expected one of {GATES}, got {self.gate!r}")
+        if not 0.0 <= self.fraction <= 1.0:
+            raise ValueError(f"fraction: expected a value in [0, 1], got {self.fraction!r}")
+        if not isinstance(self.smooth, int) or self.smooth < 1 or self.smooth % 2 == 0:
+            raise ValueError(f"smooth: expected an odd int >= 1, got {self.smooth!r}")
+
+
+def top_down_prediction(hierarchy: Hierarchy, result: BackwardResult, layer: int | str) -> torch.Tensor:
+    """``f̃^l = φ_l(F^{l+1}_td, γ^l, δ^l)`` (eq. 6) under every kept assignment of ``result``.
+
+    :returns: (B, N, C_l, H_l, W_l).
+    """
+    l = hierarchy.layer_index(layer) if isinstance(layer, str) else int(layer)
+    spec = hierarchy.specs[l]
+    gamma = result.hidden[sites.gamma(spec.name)]
+    delta = result.hidden[sites.delta(spec.name)]
+    upper = result.hidden[sites.CATEGORY] if l == hierarchy.L - 1 else result.f_td[l + 1]
+    with torch.no_grad():
+        return hierarchy.phi(l, upper, gamma, delta)
+
+
+def agreement_map(hierarchy: Hierarchy, layer: int, f_bu: torch.Tensor, f_tilde: torch.Tensor) -> torch.Tensor:
+    """Per-pixel ``Σ_c [v(f_bu, f̃) - v(f_bu, 0)]``: how much better the prediction explains the scene
+    than the empty explanation does, in nats (positive: the object is there).
+
+    :param torch.Tensor f_bu: (N, C, H, W).
+    :param torch.Tensor f_tilde: (B, N, C, H, W).
+    :returns: (B, N, H, W).
+    """
+    obs = hierarchy.obs_params(layer)
+    s0 = hierarchy.sigma0[layer]
+    v_obj = max_joint(f_bu, f_tilde, s0, **obs)[1]
+    v_empty = max_joint(f_bu, torch.zeros_like(f_bu), s0, **obs)[1]
+    return (v_obj - v_empty).sum(-3)
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, N, H, W) → (B, N, size, size), nearest (masks stay crisp at the layer's resolution)."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    B, N = x.shape[:2]
+    return F.interpolate(x.reshape(B * N, 1, *x.shape[-2:]).float(), size=(size, size), mode="nearest").reshape(
+        B, N, size, size)
+
+
+def instance_masks(hierarchy: Hierarchy, f_bu: list[torch.Tensor], result: BackwardResult,
+                   config: MaskConfig | None = None) -> torch.Tensor:
+    """The instance mask of every kept assignment of a backward pass.
+
+    :param list f_bu: the ``L`` bottom-up maps the pass ran on, each (N, C_l, H_l, W_l); ``f_bu[0]``
+        is the image (N, 3, S, S).
+    :param BackwardResult result: its result.
+    :returns: (B, N, S, S) bool.
+    """
+    config = config or MaskConfig()
+    S = hierarchy.specs[0].height
+    l = hierarchy.layer_index(config.layer)
+    f_tilde = top_down_prediction(hierarchy, result, l)
+    strength = f_tilde.norm(dim=-3)                                            # (B, N, H, W)
+    peak = strength.flatten(-2).amax(-1).clamp_min(1e-12)[..., None, None]
+    mask = _resize(strength >= config.fraction * peak, S) > 0.5
+    if config.gate == "none":
+        return mask
+    if config.gate == "nonblack":
+        gate = (f_bu[0].amax(-3) > config.gate_threshold).unsqueeze(0)
+        return mask & gate
+    g = hierarchy.layer_index(config.gate_layer) if config.gate_layer else l
+    if g != l:
+        f_tilde = top_down_prediction(hierarchy, result, g)
+    ratio = agreement_map(hierarchy, g, f_bu[g], f_tilde)
+    if config.smooth > 1:
+        B, N = ratio.shape[:2]
+        ratio = F.avg_pool2d(ratio.reshape(B * N, 1, *ratio.shape[-2:]), config.smooth, stride=1,
+                             padding=config.smooth // 2, count_include_pad=False).reshape(ratio.shape)
+    return mask & (_resize((ratio > config.gate_threshold).float(), S) > 0.5)

@@ -1,0 +1,153 @@
+"""Scene parsing: find the instances one by one by repeated backward passes (Sec. 3.2, DESIGN §4).
+
+Each step runs a backward pass on the current bottom-up maps, records the instance it explains
+(reconstruction, mask, ``H``, evidence) and *explains it away* before the next step:
+
+- ``"subtract"`` (the paper's rule): ``F^l_bu ← max(F^l_bu - F^l_td, 0)`` on every layer;
+- ``"suppress"``: ``F^l_bu ← 0`` wherever the instance drives the unit (``F^l_td > λ_l``), a harder
+  rule that removes what was explained however strong the scene's activation there.
+
+**Stopping rule.** A step is accepted while its evidence (MAP score minus the empty explanation's,
+:func:`~pyro_backpass.inference.empty_score`) per image pixel is at least ``evidence_threshold``, and
+parsing stops at the first step below it or after ``max_steps``. Per-pixel normalisation makes one
+threshold serve every input size. All steps up to ``max_steps`` are computed for the whole batch at
+once; ``accepted`` says which count.
+
+**Parse paths.** With ``paths > 1`` the parse keeps the ``paths`` best sequences of instances (the
+paper's "multiple parsing paths"): each step extends every path by its ``branch`` best posterior modes
+at the top layer (each completed greedily below), scores a sequence by the sum of its steps'
+evidence, and keeps the best ``paths`` sequences per image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..hierarchy import Hierarchy
+from .explain import MaskRule, explain
+from .masks import MaskConfig
+
+__all__ = ["ParseConfig", "ParseResult", "EXPLAIN_AWAY", "explain_away", "parse_scene"]
+
+EXPLAIN_AWAY = ("subtract", "suppress")
+
+
+@dataclass(frozen=True)
+class ParseConfig:
+    """Defaults of scene parsing.
+
+    :param int max_steps: at most this many instances per scene.
+    :param float evidence_threshold: accept a step while its evidence per image pixel is at least this
+        (nats per pixel).
+    :param str explain_away: one of :data:`EXPLAIN_AWAY`.
+    :param int paths: parse paths kept (1: one greedy sequence).
+    :param int branch: candidate instances per path and step when ``paths > 1``.
+    :param int beam: beam of each backward pass.
+    """
+
+    max_steps: int = 3
+    evidence_threshold: float = 0.0
+    explain_away: str = "subtract"
+    paths: int = 1
+    branch: int = 4
+    beam: int = 1
+
+    def __post_init__(self):
+        if self.explain_away not in EXPLAIN_AWAY:
+            raise ValueError(f"explain_away: expected one of {EXPLAIN_AWAY}, got {self.explain_away!r}")
+        for name in ("max_steps", "paths", "branch", "beam"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected an int >= 1, got {getattr(self, name)!r}")
+
+
+@dataclass
+class ParseResult:
+    """The best parse of each of ``N`` scenes, ``T = max_steps`` steps.
+
+    :ivar torch.Tensor masks: (N, T, S, S) bool instance masks, in parse order.
+    :ivar torch.Tensor reconstructions: (N, T, 3, S, S) each step's ``F^0_td``.
+    :ivar torch.Tensor evidence: (N, T) each step's evidence (nats).
+    :ivar torch.Tensor accepted: (N, T) bool, the steps before the stopping rule fired.
+    :ivar dict hidden: site → (N, T) the ``H`` of each step.
+    :ivar torch.Tensor path_score: (N,) the sum of the chosen path's evidence.
+    """
+
+    masks: torch.Tensor
+    reconstructions: torch.Tensor
+    evidence: torch.Tensor
+    accepted: torch.Tensor
+    hidden: dict
+    path_score: torch.Tensor
+
+    @property
+    def n_found(self) -> torch.Tensor:
+        """(N,) the number of accepted steps."""
+        return self.accepted.sum(1)
+
+
+def explain_away(hierarchy: Hierarchy, f_bu: list[torch.Tensor], f_td: list[torch.Tensor],
+                 rule: str = "subtract") -> list[torch.Tensor]:
+    """Remove an explained instance from the bottom-up maps.
+
+    :param list f_bu: ``L`` tensors (N, C, H, W).
+    :param list f_td: ``L`` tensors (N, C, H, W), the instance's ``F_td``.
+    :returns: ``L`` new tensors (N, C, H, W).
+    """
+    if rule == "subtract":
+        return [torch.clamp(x - t, min=0.0) for x, t in zip(f_bu, f_td)]
+    if rule == "suppress":
+        return [torch.where(t > hierarchy.obs_params(l)["lam"], torch.zeros_like(x), x)
+                for l, (x, t) in enumerate(zip(f_bu, f_td))]
+    raise ValueError(f"rule: expected one of {EXPLAIN_AWAY}, got {rule!r}")
+
+
+def parse_scene(model, hierarchy: Hierarchy, f_bu: list[torch.Tensor], config: ParseConfig | None = None,
+                mask_rule: MaskRule | None = None, mask_config: MaskConfig | None = None,
+                **model_kwargs) -> ParseResult:
+    """Parse ``N`` scenes (batched).
+
+    :param model: the model program.
+    :param list f_bu: ``L`` tensors (N, C_l, H_l, W_l) of the scenes' bottom-up activations.
+    :param ParseConfig config: steps, stopping rule, explaining-away rule and parse paths.
+    :param model_kwargs: passed to every backward pass (``clamp=``, ``prior=``, ``delta_logits=``).
+    :returns: :class:`ParseResult`.
+    """
+    config = config or ParseConfig()
+    f_bu = hierarchy.check_maps("f_bu", f_bu)
+    N = f_bu[0].shape[0]
+    S2 = f_bu[0].shape[-1] * f_bu[0].shape[-2]
+    dev = f_bu[0].device
+    # Paths are kept as a batch of P·N scenes, path-major: row p·N + n is path p of scene n. The
+    # history holds (P, N, ...) tensors, reordered by each kept path's parent at every step.
+    maps, P = f_bu, 1
+    score = torch.zeros(1, N, device=dev, dtype=f_bu[0].dtype)
+    hist: dict[str, list[torch.Tensor]] = {}
+    branch = 1 if config.paths == 1 else config.branch
+    kw = dict(beam=config.beam) if branch == 1 else dict(topk=branch, topk_layer=hierarchy.L - 1)
+    for _ in range(config.max_steps):
+        res = explain(model, hierarchy, maps, mask_rule=mask_rule, mask_config=mask_config, **kw, **model_kwargs)
+        Bc = res.evidence.shape[0] if branch > 1 else 1
+        cand = (score.unsqueeze(0) + res.evidence[:Bc].reshape(Bc, P, N)).reshape(Bc * P, N)  # c = b·P + p
+        keep = min(config.paths, Bc * P)
+        score, pick = cand.topk(keep, dim=0)                            # (P', N)
+        b, parent = pick // P, pick % P
+        n = torch.arange(N, device=dev).expand_as(pick)
+        rows = parent * N + n                                            # into the P·N batch
+
+        def take(x: torch.Tensor, b=b, rows=rows, keep=keep) -> torch.Tensor:  # (Bc, P·N, ...) → (P', N, ...)
+            return x[b, rows].reshape((keep, N) + tuple(x.shape[2:]))
+
+        new = {"mask": res.mask, "rec": res.reconstruction, "ev": res.evidence, **res.hidden}
+        hist = {k: [h[parent, n] for h in hist.get(k, [])] + [take(v[:Bc])] for k, v in new.items()}
+        f_td = [take(t[:Bc]).flatten(0, 1) for t in res.f_td]
+        parents = [x.reshape((P, N) + tuple(x.shape[1:]))[parent, n].flatten(0, 1) for x in maps]
+        maps = explain_away(hierarchy, parents, f_td, config.explain_away)
+        P = keep
+    # The best path per scene is path 0 (topk sorts).
+    ev = torch.stack(hist["ev"], -1)[0]                                  # (N, T)
+    accepted = (ev / S2 >= config.evidence_threshold).cumprod(-1).bool()
+    hidden = {k: torch.stack(v, -1)[0] for k, v in hist.items() if k not in ("mask", "rec", "ev")}
+    return ParseResult(masks=torch.stack(hist["mask"], 2)[0], reconstructions=torch.stack(hist["rec"], 2)[0],
+                       evidence=ev, accepted=accepted, hidden=hidden, path_score=score[0])

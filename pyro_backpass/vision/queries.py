@@ -1,0 +1,157 @@
+"""Top-down queries without retraining: choose among posterior modes (Sec. 3.2, DESIGN §4).
+
+"Find the leftmost / largest / darkest airplane" is answered the way the paper suggests: the backward
+pass keeps the ``n_modes`` best hypotheses at the top mixture layer (Fig. 5's posterior modes), each
+completed greedily below; modes whose masks overlap an earlier (better) mode by more than ``nms_iou``
+are the same instance seen twice and are dropped; the ``max_candidates`` best distinct modes whose
+evidence is positive are the candidate instances, and the query's predicate on each candidate's
+reconstruction and mask picks one. Other queries act directly on ``H`` and need no candidates:
+a category clamps ``F^L`` (``clamp={"category": ...}``), any γ/δ is clamped through
+``pyro.condition`` (``clamp=``), and a location preference is a prior over the top layer's δ
+(:func:`location_prior`, passed as ``delta_logits``).
+
+A predicate is ``f(mask (M, S, S) bool, reconstruction (M, 3, S, S)) -> (M,)`` scores, higher
+preferred; :data:`PREDICATES` holds the built-in ones and any callable can be given instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..hierarchy import Hierarchy
+from .explain import InstanceResult, MaskRule, explain
+from .masks import MaskConfig
+
+__all__ = ["QueryConfig", "PREDICATES", "distinct_modes", "answer_query", "location_prior", "QueryAnswer"]
+
+
+def _centroid_x(mask: torch.Tensor) -> torch.Tensor:
+    xs = torch.arange(mask.shape[-1], device=mask.device, dtype=torch.float32)
+    area = mask.sum((-2, -1)).clamp_min(1)
+    return (mask.float().sum(-2) * xs).sum(-1) / area
+
+
+def _mean_inside(mask: torch.Tensor, rec: torch.Tensor) -> torch.Tensor:
+    m = mask.float()
+    return (rec.mean(-3) * m).sum((-2, -1)) / m.sum((-2, -1)).clamp_min(1)
+
+
+#: name → predicate on (mask (M, S, S), reconstruction (M, 3, S, S)); the highest score wins.
+PREDICATES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "leftmost": lambda mask, rec: -_centroid_x(mask),
+    "rightmost": lambda mask, rec: _centroid_x(mask),
+    "largest": lambda mask, rec: mask.sum((-2, -1)).float(),
+    "smallest": lambda mask, rec: -mask.sum((-2, -1)).float(),
+    "darkest": lambda mask, rec: -_mean_inside(mask, rec),
+    "brightest": lambda mask, rec: _mean_inside(mask, rec),
+}
+
+
+@dataclass(frozen=True)
+class QueryConfig:
+    """Defaults of mode-based queries.
+
+    :param int n_modes: posterior modes kept at the top mixture layer.
+    :param float nms_iou: a mode whose mask overlaps a better kept mode by more than this is dropped.
+    :param int max_candidates: at most this many distinct modes compete for the query.
+    """
+
+    n_modes: int = 24
+    nms_iou: float = 0.3
+    max_candidates: int = 2
+
+    def __post_init__(self):
+        for name in ("n_modes", "max_candidates"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name}: expected an int >= 1, got {getattr(self, name)!r}")
+        if not 0.0 <= self.nms_iou <= 1.0:
+            raise ValueError(f"nms_iou: expected a value in [0, 1], got {self.nms_iou!r}")
+
+
+@dataclass
+class QueryAnswer:
+    """The answer for ``N`` images.
+
+    :ivar InstanceResult modes: the ``M`` modes (M, N, ...), best first.
+    :ivar torch.Tensor candidates: (M, N) bool, the distinct modes that competed.
+    :ivar torch.Tensor choice: (N,) index into the modes of the answer.
+    :ivar torch.Tensor mask: (N, S, S) the chosen instance's mask.
+    :ivar torch.Tensor reconstruction: (N, 3, S, S) its reconstruction.
+    """
+
+    modes: InstanceResult
+    candidates: torch.Tensor
+    choice: torch.Tensor
+    mask: torch.Tensor
+    reconstruction: torch.Tensor
+
+
+def _pairwise_iou(masks: torch.Tensor) -> torch.Tensor:
+    """(M, N, S, S) → (N, M, M) IoU between the modes of each image."""
+    m = masks.flatten(-2).float().transpose(0, 1)                          # (N, M, S²)
+    inter = m @ m.transpose(1, 2)
+    area = m.sum(-1)
+    return inter / (area.unsqueeze(-1) + area.unsqueeze(-2) - inter).clamp_min(1)
+
+
+def distinct_modes(model, hierarchy: Hierarchy, f_bu: list[torch.Tensor], config: QueryConfig | None = None,
+                   mask_rule: MaskRule | None = None, mask_config: MaskConfig | None = None,
+                   **model_kwargs) -> tuple[InstanceResult, torch.Tensor]:
+    """Posterior modes at the top layer and which of them are distinct instances.
+
+    :returns: ``(modes, candidates)``: an :class:`InstanceResult` with ``M = n_modes`` entries per image
+        and a (M, N) bool of the at most ``max_candidates`` best distinct modes with positive evidence.
+    """
+    config = config or QueryConfig()
+    modes = explain(model, hierarchy, f_bu, topk=config.n_modes, topk_layer=hierarchy.L - 1,
+                    mask_rule=mask_rule, mask_config=mask_config, **model_kwargs)
+    iou = _pairwise_iou(modes.mask)                                          # (N, M, M)
+    M, N = modes.evidence.shape
+    keep = torch.zeros(M, N, dtype=torch.bool, device=iou.device)
+    # Greedy NMS in score order (modes are sorted best first); M is small, the loop is over modes only.
+    for m in range(M):
+        clash = (iou[:, m, :m] > config.nms_iou) & keep[:m].T
+        keep[m] = ~clash.any(-1) & (modes.mask[m].flatten(-2).any(-1))
+    keep &= modes.evidence > 0
+    keep &= keep.cumsum(0) <= config.max_candidates
+    keep[0] |= ~keep.any(0)                        # always one candidate: the MAP itself
+    return modes, keep
+
+
+def answer_query(model, hierarchy: Hierarchy, f_bu: list[torch.Tensor], query: str | Callable,
+                 config: QueryConfig | None = None, mask_rule: MaskRule | None = None,
+                 mask_config: MaskConfig | None = None, **model_kwargs) -> QueryAnswer:
+    """Answer a predicate query ("leftmost", "largest", "darkest", ... or a callable) on ``N`` images.
+
+    :param query: a name in :data:`PREDICATES` or a predicate callable.
+    :raises ValueError: an unknown query name.
+    """
+    if isinstance(query, str):
+        if query not in PREDICATES:
+            raise ValueError(f"query: expected one of {sorted(PREDICATES)} or a callable, got {query!r}")
+        predicate = PREDICATES[query]
+    elif callable(query):
+        predicate = query
+    else:
+        raise TypeError(f"query: expected a query name or a callable, got {type(query).__name__}")
+    modes, cand = distinct_modes(model, hierarchy, f_bu, config, mask_rule, mask_config, **model_kwargs)
+    M, N = cand.shape
+    scores = predicate(modes.mask.flatten(0, 1), modes.reconstruction.flatten(0, 1)).reshape(M, N).float()
+    choice = torch.where(cand, scores, torch.full_like(scores, -torch.inf)).argmax(0)
+    n = torch.arange(N, device=choice.device)
+    return QueryAnswer(modes, cand, choice, modes.mask[choice, n], modes.reconstruction[choice, n])
+
+
+def location_prior(hierarchy: Hierarchy, dy: float = 0.0, dx: float = 0.0, strength: float = 1.0) -> dict:
+    """A prior over the top layer's offset preferring ``(δ_y, δ_x)`` near ``(dy, dx)`` cells (eq. 7's
+    ``P(δ)`` made non-uniform): ``log P(δ) = -strength · |δ - (dy, dx)|² + const``.
+
+    :returns: ``{"<top layer>": (|Δ|,) logits}``, for the model's ``delta_logits`` argument.
+    """
+    spec = hierarchy.specs[-1]
+    d = torch.tensor(spec.offsets, dtype=hierarchy.dtype, device=hierarchy.device)
+    logits = -float(strength) * ((d[:, 0] - dy) ** 2 + (d[:, 1] - dx) ** 2)
+    return {spec.name: logits}

@@ -1,0 +1,90 @@
+"""Instance-mask rule: predicted region from f̃, gated by bottom-up/top-down agreement."""
+
+import pytest
+import torch
+
+from models.activation import activation_model
+from models.toy import toy_hierarchy
+from pyro_backpass import sites
+from pyro_backpass.inference import backward_pass
+from pyro_backpass.vision import MaskConfig, agreement_map, instance_masks, top_down_prediction
+
+
+def _pass(h, f_bu):
+    return backward_pass(activation_model, h, f_bu, beam=2)
+
+
+def _toy_scene(h, n=2):
+    from pyro import poutine
+
+    tr = poutine.trace(activation_model).get_trace(h, n=n)
+    return [tr.nodes[sites.f_bu(s.name)]["value"] for s in h.specs]
+
+
+def test_top_down_prediction_matches_phi_of_the_map():
+    h = toy_hierarchy(seed=1)
+    f_bu = _toy_scene(h)
+    res = _pass(h, f_bu)
+    pred = top_down_prediction(h, res, "conv1")
+    l = h.layer_index("conv1")
+    want = h.phi(l, res.f_td[l + 1][0], res.hidden["gamma/conv1"][0], res.hidden["delta/conv1"][0])
+    assert pred.shape == (2,) + tuple(f_bu[l].shape)
+    torch.testing.assert_close(pred[0], want)
+    top = top_down_prediction(h, res, h.L - 1)
+    assert top.shape[-3:] == h.specs[-1].shape
+
+
+def test_strength_rule_without_gate_is_the_thresholded_norm():
+    h = toy_hierarchy(seed=2)
+    f_bu = _toy_scene(h)
+    res = _pass(h, f_bu)
+    cfg = MaskConfig(layer="conv1", fraction=0.5, gate="none")
+    mask = instance_masks(h, f_bu, res, cfg)
+    s = top_down_prediction(h, res, "conv1").norm(dim=-3)
+    want = s >= 0.5 * s.flatten(-2).amax(-1)[..., None, None]
+    assert mask.dtype == torch.bool and torch.equal(mask, want)
+
+
+def test_agreement_gate_keeps_only_where_the_scene_matches_the_prediction():
+    h = toy_hierarchy(seed=3)
+    f_bu = _toy_scene(h, n=1)
+    res = _pass(h, f_bu)
+    l = h.layer_index("conv1")
+    pred = top_down_prediction(h, res, l)[0]
+    # A scene that shows the predicted object on the left half and nothing on the right half.
+    scene = pred.clone()
+    scene[..., 6:] = 0.0
+    ratio = agreement_map(h, l, scene, pred.unsqueeze(0))[0, 0]
+    strong = pred[0].norm(dim=0) > 0.5 * pred[0].norm(dim=0).max()
+    assert (ratio[:, :6][strong[:, :6]] > 0).all()
+    assert (ratio[:, 6:][strong[:, 6:]] < 0).all()
+    maps = list(f_bu)
+    maps[l] = scene
+    mask = instance_masks(h, maps, res, MaskConfig(layer="conv1", fraction=0.5, smooth=1))[0, 0]
+    assert not mask[:, 7:].any()
+    assert mask[:, :5].any()
+
+
+def test_nonblack_gate_uses_the_image():
+    h = toy_hierarchy(seed=4)
+    f_bu = _toy_scene(h, n=1)
+    res = _pass(h, f_bu)
+    black = list(f_bu)
+    black[0] = torch.zeros_like(f_bu[0])
+    mask = instance_masks(h, black, res, MaskConfig(layer="conv1", fraction=0.0, gate="nonblack", gate_threshold=0.1))
+    assert not mask.any()
+
+
+@pytest.mark.parametrize("kwargs, match", [({"gate": "maybe"}, "gate"), ({"fraction": 2.0}, "fraction"),
+                                           ({"smooth": 2}, "smooth")])
+def test_bad_config(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MaskConfig(**kwargs)
+
+
+def test_unknown_layer_is_a_clear_error():
+    h = toy_hierarchy(seed=5)
+    f_bu = _toy_scene(h, n=1)
+    res = _pass(h, f_bu)
+    with pytest.raises(ValueError, match="layer"):
+        instance_masks(h, f_bu, res, MaskConfig(layer="conv9"))

@@ -1,15 +1,23 @@
 """Greedy and beam backward passes against exact MAP on random toy hierarchies (DESIGN §4, §8).
 
-Every ``scenes_per_hierarchy`` scenes a new random toy hierarchy is built and turned into two
-settings: ``"moderate"`` (σ0, σ1, σ2 as configured) and ``"hard"`` (the same parameters with σ0
-raised, σ1/σ2 multiplied on the middle layer (conv1 of image/conv1/pool1 below the top) and, more,
-on the top mixture layer, and the top templates shrunk: weak evidence at the top). Each setting
-samples its own scenes from the generative form, one kind in turn (:data:`KINDS`): a clean object,
-a second object of another category superimposed, or the object plus positive noise blobs. On each
-scene it runs the greedy pass, beams, brute-force exact MAP and ``infer_discrete``.
+Every ``scenes_per_hierarchy`` scenes a new random toy hierarchy is built (image and conv1 12×12,
+pool1 and top 6×6, 4–8 channels, K=3, offsets ``[-1,1]²`` on pool1 and top, 2 categories: 13,122
+joint assignments) and turned into two settings: ``"moderate"`` (σ0, σ1, σ2 as configured) and
+``"hard"`` (σ0 raised, σ1/σ2 multiplied on the middle layer and, more, on the top mixture layer, and
+the top templates shrunk: weak evidence at the top). *The middle layer*: the hierarchy has three
+layers below the top mixture layer (image, conv1, pool1; the category above it is not a map), and
+the middle one of those is conv1, so ``hard_middle_layers`` defaults to ``(1,)``; pool1 (``(2,)``)
+would be the other reading if the top mixture layer were counted among the layers "below the top".
+Each setting samples its own scenes (:mod:`~pyro_backpass.experiments.toy_scenes`), one kind in turn:
+a clean object, a second object of another category superimposed, or the object plus positive noise
+blobs. On each scene it runs the greedy pass, beams, brute-force exact MAP and ``infer_discrete``.
 
-Everything runs on float64 hierarchies, and every assignment is rescored in float64 by
-:func:`~pyro_backpass.inference.trace_log_score` of the profile form, so a method *agrees* with
+Every method searches the same objective, the profile form of the model, with the category free
+(inferred, never clamped) as it is for the greedy pass. The hierarchies are float64; the greedy
+pass, beams and ``infer_discrete`` run in float64, the brute force scores its table in
+``exact_dtype`` and rescores its near-best candidates in float64
+(:func:`guides.exact.map_bruteforce_layers`). Every method's assignment is then rescored in float64
+by :func:`~pyro_backpass.inference.trace_log_score` of the profile form, so a method *agrees* with
 exact MAP when its score is within ``rtol`` (relative) of the brute-force maximum: exact ties count
 as agreement, and whether the ``H`` is identical is reported beside it. *Recovery* compares an ``H``
 with the generating ``H`` of the scene's main object on every hidden site (``recovery_*``) and on the
@@ -28,31 +36,30 @@ import statistics
 import time
 from dataclasses import dataclass
 
-import pyro
 import torch
-from pyro import poutine
 from tqdm.auto import tqdm
 
 from .. import sites
 from ..hierarchy import Hierarchy
 from ..inference import backward_pass, trace_log_score
+from .toy_scenes import KINDS, positive_blobs, sample_scene, superimpose
 
-__all__ = ["ExactVsGreedyConfig", "KINDS", "SETTINGS", "build_settings", "positive_blobs", "superimpose",
-           "sample_scene", "evaluate_scene", "summarise", "run_exact_vs_greedy"]
+__all__ = ["ExactVsGreedyConfig", "KINDS", "SETTINGS", "EXACT_DTYPES", "build_settings", "positive_blobs",
+           "superimpose", "sample_scene", "evaluate_scene", "summarise", "run_exact_vs_greedy"]
 
-KINDS = ("clean", "superimposed", "blobs")
 SETTINGS = ("moderate", "hard")
+EXACT_DTYPES = ("float32", "float64")
 
 
 @dataclass(frozen=True)
 class ExactVsGreedyConfig:
     """Defaults of ``python -m scripts.exact_vs_greedy`` (every field is a ``--kebab-case`` flag).
 
-    Toy sizes (``size`` 8: 8×8 image and conv1, 4×4 pool1 and top; 4–8 channels; K=3; offsets in
-    ``[-1,1]²`` on pool1 and top) keep float64 brute force and ``infer_discrete`` near a second per
-    scene on one idle core (13,122 joint assignments): 2×200 scenes take ≈19 CPU-minutes in all.
-    ``template_scale`` 2 puts the RMS of the top-down mean ``φ`` above twice σ0 on every layer at
-    moderate noise (objects clearly visible); it was chosen on that criterion, not on agreement.
+    Toy sizes: ``size`` 12 gives 12×12 image and conv1 and 6×6 pool1 and top maps, inside the
+    issue's 6×6–12×12; 4–8 channels; K=3; offsets in ``[-1,1]²`` on pool1 and top; 13,122 joint
+    assignments with 2 categories. ``template_scale`` 2 puts the RMS of the top-down mean ``φ`` above
+    twice σ0 on every layer at moderate noise (2.8–3.4 σ0 on average over hierarchies at size 12:
+    objects clearly visible); it was chosen on that criterion, not on agreement.
 
     :param int scenes: scenes per setting.
     :param int seed: seeds the hierarchies and scenes (same seed → same metrics, except ``ms_*``).
@@ -66,13 +73,15 @@ class ExactVsGreedyConfig:
     :param int blob_count: positive Gaussian blobs added per layer in ``"blobs"`` scenes, each with
         per-channel amplitude uniform in ``[0, blob_amplitude)`` and radius ``blob_width`` cells.
     :param float rtol: relative tolerance of agreement on float64 scores.
+    :param str exact_dtype: dtype of the brute force's score table (``"float32"`` or ``"float64"``);
+        its near-best candidates are rescored in float64 either way, so the maximum is exact.
     :param int threads: torch intra-op threads while running (timings are per scene, single image).
     """
 
     scenes: int = 200
     seed: int = 0
     scenes_per_hierarchy: int = 10
-    size: int = 8
+    size: int = 12
     channels: tuple[int, ...] = (4, 4, 6, 8)
     K: int = 3
     radii: tuple[int, ...] = (0, 0, 1, 1)
@@ -92,6 +101,7 @@ class ExactVsGreedyConfig:
     blob_amplitude: float = 1.0
     blob_width: float = 1.0
     rtol: float = 1e-9
+    exact_dtype: str = "float32"
     threads: int = 1
 
     def __post_init__(self):
@@ -104,6 +114,7 @@ class ExactVsGreedyConfig:
                    ("radii", len(self.radii) == len(self.channels), f"one per layer ({len(self.channels)})"),
                    ("hard_middle_layers", all(0 <= l < len(self.channels) - 1 for l in self.hard_middle_layers),
                     f"layer indices below the top (0..{len(self.channels) - 2})"),
+                   ("exact_dtype", self.exact_dtype in EXACT_DTYPES, f"one of {EXACT_DTYPES}"),
                    ("beams", bool(self.beams) and all(b >= 1 for b in self.beams), "positive beam widths"),
                    ("blob_count", self.blob_count >= 0, ">= 0"), ("blob_amplitude", self.blob_amplitude >= 0, ">= 0")]
         for name, ok, expected in checks:
@@ -126,66 +137,6 @@ def build_settings(config: ExactVsGreedyConfig, toy_hierarchy, toy_specs, seed: 
     with torch.no_grad():
         hard.topdown[top].template.mul_(config.hard_template_factor)
     return {"moderate": moderate, "hard": hard}
-
-
-def superimpose(maps_a: list[torch.Tensor], maps_b: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Per layer, the elementwise maximum of two objects' maps (both (N, C, H, W))."""
-    if len(maps_a) != len(maps_b):
-        raise ValueError(f"maps_b: expected {len(maps_a)} layers like maps_a, got {len(maps_b)}")
-    return [torch.maximum(a, b) for a, b in zip(maps_a, maps_b)]
-
-
-def positive_blobs(shapes, count: int, amplitude: float, width: float, dtype=torch.float64) -> list[torch.Tensor]:
-    """Per layer (``shapes``: ``(N, C, H, W)`` each), the sum of ``count`` isotropic Gaussian blobs with
-    per-channel amplitude in ``[0, amplitude)``: a tensor of that shape, ``>= 0`` (torch's global RNG)."""
-    out = []
-    for n, c, h, w in shapes:
-        ys = torch.arange(h, dtype=dtype).reshape(1, 1, h, 1)
-        xs = torch.arange(w, dtype=dtype).reshape(1, 1, 1, w)
-        total = torch.zeros(n, c, h, w, dtype=dtype)
-        for _ in range(count):
-            cy = torch.rand(n, 1, 1, 1, dtype=dtype) * h
-            cx = torch.rand(n, 1, 1, 1, dtype=dtype) * w
-            amp = torch.rand(n, c, 1, 1, dtype=dtype) * amplitude
-            total += amp * torch.exp(-((ys - cy) ** 2 + (xs - cx) ** 2) / (2 * width**2))
-        out.append(total)
-    return out
-
-
-def _maps(trace, hierarchy: Hierarchy, prefix: str) -> list[torch.Tensor]:
-    return [trace.nodes[f"{prefix}/{s.name}"]["value"] for s in hierarchy.specs]
-
-
-def sample_scene(model, hierarchy: Hierarchy, kind: str, seed: int, blob_count: int = 3, blob_amplitude: float = 1.0,
-                 blob_width: float = 1.0) -> tuple[list[torch.Tensor], dict]:
-    """One scene from the generative form of ``model`` (torch's global RNG is left untouched).
-
-    ``"superimposed"``: a second object of another category is sampled, the two objects' top-down
-    maps ``F_td`` are combined by elementwise max on every layer (ReLU activations of a scene are
-    roughly the max of its objects'), and ``F_bu`` is drawn from the observation model given them.
-    ``"blobs"``: :func:`positive_blobs` are added to the clean ``F_bu``.
-
-    :returns: ``(f_bu, truth)``: ``L`` tensors (1, C_l, H_l, W_l) and the main object's generating
-        ``H`` (site → (1,)).
-    """
-    if kind not in KINDS:
-        raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        tr = poutine.trace(model).get_trace(hierarchy, n=1)
-        truth = {k: tr.nodes[k]["value"] for k in hierarchy.hidden_site_names()}
-        f_bu = _maps(tr, hierarchy, "f_bu")
-        if kind == "superimposed":
-            nc = hierarchy.n_categories
-            other = (truth[sites.CATEGORY] + torch.randint(1, nc, (1,))) % nc
-            second = poutine.trace(model).get_trace(hierarchy, n=1, category=other)
-            f_td = superimpose(_maps(tr, hierarchy, "f_td"), _maps(second, hierarchy, "f_td"))
-            data = dict(truth, **{sites.f_td(s.name): x for s, x in zip(hierarchy.specs, f_td)})
-            f_bu = _maps(poutine.trace(pyro.condition(model, data=data)).get_trace(hierarchy, n=1), hierarchy, "f_bu")
-        elif kind == "blobs":
-            blobs = positive_blobs([x.shape for x in f_bu], blob_count, blob_amplitude, blob_width, f_bu[0].dtype)
-            f_bu = [x + b for x, b in zip(f_bu, blobs)]
-    return f_bu, truth
 
 
 def _timed(fn, *args, **kwargs):
@@ -257,21 +208,28 @@ def summarise(records: list[dict], beams=(3, 9, 27)) -> dict:
            "identical_greedy": mean("identical/greedy"),
            "identical_beam": {str(b): mean(f"identical/beam{b}") for b in beams},
            "identical_infer_discrete": mean("identical/infer_discrete"),
-           "agreement_greedy_by_kind": {}, "n_scenes": len(records)}
+           "agreement_by_kind": {}, "mean_gap_by_kind": {}, "n_by_kind": {}, "n_scenes": len(records)}
+    methods = ["greedy"] + [f"beam{b}" for b in beams] + ["infer_discrete"]
     for kind in KINDS:
         rs = [r for r in records if r["kind"] == kind]
         if rs:
-            out["agreement_greedy_by_kind"][kind] = mean("agree/greedy", rs)
+            out["agreement_by_kind"].update({f"{kind}/{m}": mean(f"agree/{m}", rs) for m in methods})
+            out["mean_gap_by_kind"][kind] = mean("gap", rs)
+            out["n_by_kind"][kind] = len(rs)
     return out
 
 
 def run_exact_vs_greedy(config: ExactVsGreedyConfig, model, toy_hierarchy, toy_specs, map_bruteforce,
-                        map_infer_discrete, progress: bool = True) -> dict:
+                        map_infer_discrete, progress: bool = True, records_out: list | None = None) -> dict:
     """Run both settings; returns ``{"moderate": metrics, "hard": metrics}`` (see :func:`summarise`).
 
     :param model: the model program (``models.activation.activation_model``).
     :param toy_hierarchy: ``models.toy.toy_hierarchy``; ``toy_specs``: ``models.toy.toy_specs``.
-    :param map_bruteforce: ``guides.exact.map_bruteforce``; ``map_infer_discrete`` likewise.
+    :param map_bruteforce: ``(model, hierarchy, f_bu) -> (hidden, score)``, exact MAP by enumeration
+        (``guides.exact.map_bruteforce_layers``, with ``search_dtype`` from ``config.exact_dtype``, or
+        ``guides.exact.map_bruteforce``); ``map_infer_discrete``: ``guides.exact.map_infer_discrete``.
+    :param list records_out: if given, every scene's record (:func:`evaluate_scene`, plus ``setting``,
+        ``kind``, ``scene`` and ``hierarchy`` indices) is appended to it.
     """
     gen = torch.Generator().manual_seed(config.seed)
     n_hier = math.ceil(config.scenes / config.scenes_per_hierarchy)
@@ -294,6 +252,8 @@ def run_exact_vs_greedy(config: ExactVsGreedyConfig, model, toy_hierarchy, toy_s
                         rec = evaluate_scene(model, h, f_bu, truth, map_bruteforce, map_infer_discrete,
                                              config.beams, config.rtol)
                         records[setting].append(dict(rec, kind=kind))
+                        if records_out is not None:
+                            records_out.append(dict(rec, setting=setting, kind=kind, scene=i, hierarchy=j))
                         bar.update()
     finally:
         torch.set_num_threads(threads)

@@ -1,9 +1,11 @@
 """The exact-vs-greedy experiment's pieces: settings, scene constructions and one scene's record."""
 
+import functools
+
 import pytest
 import torch
 
-from guides.exact import map_bruteforce, map_infer_discrete
+from guides.exact import map_bruteforce, map_bruteforce_layers, map_infer_discrete
 from models.activation import activation_model
 from models.toy import toy_hierarchy, toy_specs
 from pyro_backpass.experiments import ExactVsGreedyConfig, positive_blobs, sample_scene, superimpose
@@ -69,32 +71,50 @@ def test_scene_kinds_share_the_main_object(settings):
 
 def test_one_scene_record_and_summary(settings):
     recs = []
-    for setting, kind in (("moderate", "clean"), ("hard", "superimposed")):
+    layered = functools.partial(map_bruteforce_layers, search_dtype=torch.float32)
+    for setting, kind, exact in (("moderate", "clean", map_bruteforce), ("hard", "superimposed", layered)):
         h = settings[setting]
         f_bu, truth = sample_scene(activation_model, h, kind, seed=3)
-        rec = evaluate_scene(activation_model, h, f_bu, truth, map_bruteforce, map_infer_discrete, beams=(2, 4))
-        assert rec["agree/infer_discrete"] and rec["gap"] >= -1e-9 * abs(rec["score/exact"])
+        rec = evaluate_scene(activation_model, h, f_bu, truth, exact, map_infer_discrete, beams=(2, 4))
+        assert rec["agree/infer_discrete"] and rec["identical/infer_discrete"]
+        assert rec["gap"] >= -1e-9 * abs(rec["score/exact"])
         assert rec["score/beam4"] >= rec["score/greedy"] - 1e-9 * abs(rec["score/exact"]) or not rec["agree/beam4"]
         recs.append(dict(rec, kind=kind))
     out = summarise(recs, beams=(2, 4))
     assert out["agreement_infer_discrete"] == 1.0 and out["n_scenes"] == 2
-    assert set(out["agreement_beam"]) == {"2", "4"} and set(out["agreement_greedy_by_kind"]) == {"clean",
-                                                                                               "superimposed"}
+    assert set(out["agreement_beam"]) == {"2", "4"}
+    assert set(out["agreement_by_kind"]) == {f"{k}/{m}" for k in ("clean", "superimposed")
+                                             for m in ("greedy", "beam2", "beam4", "infer_discrete")}
+    assert out["agreement_by_kind"]["clean/greedy"] == float(recs[0]["agree/greedy"])
+    assert out["n_by_kind"] == {"clean": 1, "superimposed": 1}
+    assert out["mean_gap_by_kind"]["superimposed"] == recs[1]["gap"]
 
 
 @pytest.mark.parametrize("field, value", [("scenes", 0), ("n_categories", 1), ("radii", (0, 1)), ("beams", ()),
-                                          ("hard_middle_layers", (3,)), ("rtol", 0.0)])
+                                          ("hard_middle_layers", (3,)), ("rtol", 0.0),
+                                          ("exact_dtype", "float16")])
 def test_config_errors_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         ExactVsGreedyConfig(**{field: value})
+
+
+def test_default_toy_maps_are_within_the_issue_bounds():
+    cfg = ExactVsGreedyConfig()
+    specs = toy_specs(size=cfg.size, channels=cfg.channels, K=cfg.K, radii=cfg.radii)
+    assert [s.name for s in specs] == ["image", "conv1", "pool1", "top"]
+    assert all(6 <= s.height <= 12 and 6 <= s.width <= 12 and 4 <= s.channels <= 8 for s in specs)
+    assert [s.offset_radius for s in specs] == [0, 0, 1, 1] and cfg.hard_middle_layers == (1,)  # conv1
 
 
 def test_same_seed_same_metrics():
     cfg = ExactVsGreedyConfig(scenes=2, scenes_per_hierarchy=1, size=6, channels=(2, 2, 2, 2), K=2, beams=(2,), seed=4)
 
     def run():
+        recs = []
         out = run_exact_vs_greedy(cfg, activation_model, toy_hierarchy, toy_specs, map_bruteforce, map_infer_discrete,
-                                  progress=False)
+                                  progress=False, records_out=recs)
+        assert [(r["setting"], r["scene"], r["hierarchy"]) for r in recs] == [
+            ("moderate", 0, 0), ("hard", 0, 0), ("moderate", 1, 1), ("hard", 1, 1)]
         return {s: {k: v for k, v in m.items() if not k.startswith("ms_")} for s, m in out.items()}
 
     assert run() == run()

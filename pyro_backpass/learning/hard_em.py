@@ -16,31 +16,38 @@ reconstruction error (residual energy / signal energy) per layer. After every it
 hierarchy and the log are checkpointed atomically; a run resumes from its last checkpoint. All
 randomness comes from generators seeded by ``(seed, iteration)``, and each M-step starts a fresh
 optimiser, so a resumed run and an uninterrupted one give identical parameters on CPU.
+
+**Distributed** (torchrun; :mod:`pyro_backpass.distributed`): each rank holds a shard of the examples.
+The E-step is local; the M-step sums counts and residual statistics over ranks and all-reduces the
+gradients of each global minibatch (:mod:`.m_step`, :func:`.residuals.fit_topdown`); every random
+choice is drawn in the same order on every rank. So the CPD tables and E-step assignments equal a
+one-process run's and the weights match it within float rounding, whatever the number of ranks, and a
+checkpoint written by ``W`` ranks resumes on any number. Rank 0 writes the checkpoints. The ranks check
+at the start that they were given the same config, data size and initial hierarchy, and a rank that dies
+gives the others a :class:`~pyro_backpass.distributed.DistributedError` naming the last good checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
+import hashlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from .. import sites
-from ..checkpoint import load_hierarchy, save_hierarchy
+from .. import distributed, sites
 from ..hierarchy import Hierarchy
 from ..inference import impute
-from ..io import atomic_write_json
-from ..priors import NGramPrior
-from ..topdown import shift
-from .init import initialise, least_squares_fit
-from .residuals import squared_error
-from .sources import iterate_batches
+from . import em_checkpoint
+from .init import initialise
+from .m_step import fit_prior, init_sigma0, m_step_templates, reseed_dead, residual_pass, set_sigma0, usage_counts
+from .residuals import fit_topdown
+from .sources import as_sharded, iterate_batches
 
-__all__ = ["HardEMConfig", "hard_em", "usage_stats", "evaluate"]
+__all__ = ["HardEMConfig", "hard_em", "usage_stats", "e_step", "evaluate"]
 
 
 @dataclass(frozen=True)
@@ -73,7 +80,12 @@ class HardEMConfig:
 
 def usage_stats(gamma: torch.Tensor, K: int) -> tuple[list[int], float]:
     """Component counts and the effective number of components ``exp(H(usage))``."""
-    counts = torch.bincount(gamma, minlength=K).double()
+    return usage_from_counts(torch.bincount(gamma, minlength=K))
+
+
+def usage_from_counts(counts: torch.Tensor) -> tuple[list[int], float]:
+    """:func:`usage_stats` from the counts (K,) themselves (e.g. summed over ranks)."""
+    counts = counts.double()
     p = counts / counts.sum().clamp_min(1)
     entropy = -(p[p > 0] * p[p > 0].log()).sum()
     return counts.long().tolist(), float(entropy.exp())
@@ -83,128 +95,56 @@ def _generator(config: HardEMConfig, iteration: int) -> torch.Generator:
     return torch.Generator().manual_seed(config.seed * 1_000_003 + iteration)
 
 
-def _e_step(model, h: Hierarchy, source, config: HardEMConfig, progress: bool):
-    """Impute H for all examples; returns assignments per site (N,), per-example totals and layer scores."""
-    hidden, totals, layer_scores = {}, [], []
-    batches = list(iterate_batches(len(source), config.batch_size))
+def e_step(model, h: Hierarchy, source, batch_size: int = 32, progress: bool = False):
+    """Impute ``H`` for the examples this rank holds (all of them in one process).
+
+    :param source: an activation source or this rank's :class:`~pyro_backpass.learning.sources.ShardedSource`.
+    :returns: ``(hidden, totals, layer_scores)``: site → (N,) assignments over the global examples (valid
+        where held here, -1 elsewhere), and the per-example total (N,) and layer scores (N, L), float64,
+        gathered from every rank.
+    """
+    data = as_sharded(source)
+    N, m = len(data), len(data.owned)
+    names = [sites.CATEGORY] + [f(s.name) for s in h.specs for f in (sites.gamma, sites.delta)]
+    hidden = {k: torch.full((N,), -1, dtype=torch.long) for k in names}
+    totals = torch.zeros(m, dtype=torch.float64)
+    layer_scores = torch.zeros(m, h.L, dtype=torch.float64)
+    batches = list(iterate_batches(N, batch_size))
     for idx in tqdm(batches, desc="E-step", disable=not progress, leave=False):
-        maps = [m.to(h.device, h.dtype) for m in source.batch(idx)]
-        res = impute(model, h, maps, clamp={sites.CATEGORY: source.categories[idx]})
+        mine = data.local(idx)
+        if not len(mine):
+            continue
+        maps = [x.to(h.device, h.dtype) for x in data.batch(mine)]
+        res = impute(model, h, maps, clamp={sites.CATEGORY: data.categories[mine]})
         for k, v in res.best().items():
-            hidden.setdefault(k, []).append(v.cpu())
-        totals.append(res.total[0].cpu())
-        layer_scores.append(res.layer_scores[0].cpu())
-    return ({k: torch.cat(v) for k, v in hidden.items()}, torch.cat(totals).double(),
-            torch.cat(layer_scores).double())
+            hidden.setdefault(k, torch.full((N,), -1, dtype=v.dtype))[mine] = v.cpu()
+        totals[data.position[mine]] = res.total[0].cpu().double()
+        layer_scores[data.position[mine]] = res.layer_scores[0].cpu().double()
+    totals = distributed.gather_by_index(totals, data.owned, N, "E-step scores")
+    layer_scores = distributed.gather_by_index(layer_scores, data.owned, N, "E-step scores")
+    return hidden, totals, layer_scores
 
 
-def _residual_pass(h: Hierarchy, source, hidden, config: HardEMConfig):
-    """Per-layer residual energy, signal energy and element counts under the assignments."""
-    L = h.L
-    res = torch.zeros(L, dtype=torch.float64)
-    sig = torch.zeros(L, dtype=torch.float64)
-    n_el = torch.zeros(L, dtype=torch.float64)
-    per_example = torch.zeros(len(source), L, dtype=torch.float64)
-    with torch.no_grad():
-        for idx in iterate_batches(len(source), config.batch_size):
-            maps = [m.to(h.device, h.dtype) for m in source.batch(idx)]
-            for l in range(L):
-                spec = h.specs[l]
-                upper = source.categories[idx].to(h.device) if l == L - 1 else maps[l + 1]
-                r = squared_error(h, l, upper, hidden[sites.gamma(spec.name)][idx].to(h.device),
-                                  hidden[sites.delta(spec.name)][idx].to(h.device), maps[l]).double().cpu()
-                res[l] += r.sum()
-                per_example[idx, l] = r / maps[l][0].numel()
-                sig[l] += maps[l].pow(2).sum().double().cpu()
-                n_el[l] += maps[l].numel()
-    return res, sig, n_el, per_example
+def _fingerprint(h: Hierarchy, data, val, cfg_json: dict) -> dict:
+    """What every rank must agree on: config, layers, data sizes and categories, initial parameters."""
+    digest = hashlib.sha256()
+    for k, v in h.state_dict().items():
+        digest.update(k.encode())
+        digest.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return {"config": cfg_json, "specs": [s.to_dict() for s in h.specs], "n_examples": len(data),
+            "categories": hashlib.sha256(data.categories.numpy().tobytes()).hexdigest(),
+            "n_val_examples": None if val is None else len(val), "hierarchy": digest.hexdigest()}
 
 
-def _reseed_dead(h: Hierarchy, source, hidden, per_example_error, generator) -> dict[int, list[int]]:
-    """Give every empty component the examples its layer fits worst.
-
-    Top layer: the template becomes a worst-fit example's map. Lower layers: the component is fitted by
-    ridge least squares to the layer's worst-fit examples (a split of what the used components explain
-    worst); a noisy copy of a used component would lose every tie in the next E-step and stay empty.
-
-    :param torch.Tensor per_example_error: (N, L) mean squared error per example and layer.
-    """
-    reseeded = {}
-    with torch.no_grad():
-        for l, spec in enumerate(h.specs):
-            gamma = hidden[sites.gamma(spec.name)]
-            counts = torch.bincount(gamma, minlength=spec.K)
-            dead = (counts == 0).nonzero().flatten().tolist()
-            if not dead:
-                continue
-            reseeded[l] = dead
-            worst = per_example_error[:, l].argsort(descending=True)
-            if l == h.L - 1:
-                for j, k in enumerate(dead):
-                    ex = worst[j % len(worst)]
-                    top_map = source.batch(ex.reshape(1))[l][0].to(h.device, h.dtype)
-                    h.topdown[l].template[int(source.categories[ex]), k].copy_(top_map)
-                continue
-            # Split the worst-fit examples (the worst ``N/K`` of them) among the dead components.
-            share = max(1, len(worst) // spec.K)
-            owner = torch.full((len(source),), -1, dtype=torch.long)
-            for j, k in enumerate(dead):
-                owner[worst[j * share:(j + 1) * share]] = k
-            least_squares_fit(h, l, source, owner, generator, components=dead)
-    return reseeded
-
-
-def _m_step_templates(h: Hierarchy, source, hidden, config: HardEMConfig) -> None:
-    """Closed-form M-step of the top templates: the mean of the assigned maps, shifted back by ``-δ``.
-
-    Under eq. 5 with ``φ = shift(ReLU(T_{c,γ}), δ)`` and non-negative maps this mean is the exact
-    maximiser where the shifted template overlaps the map; cells never covered keep their value.
-    """
-    L, top = h.L, h.topdown[h.L - 1]
-    name = h.specs[L - 1].name
-    total = torch.zeros_like(top.template)
-    count = torch.zeros(top.template.shape[:2] + (1,) + top.template.shape[3:], dtype=top.template.dtype,
-                        device=top.template.device)
-    offsets = h.specs[L - 1].offsets
-    with torch.no_grad():
-        for idx in iterate_batches(len(source), config.batch_size):
-            maps = source.batch(idx)[L - 1].to(h.device, h.dtype)
-            cats, g, d = source.categories[idx], hidden[sites.gamma(name)][idx], hidden[sites.delta(name)][idx]
-            for i in range(len(idx)):  # a scatter per example; the top layer is small
-                dy, dx = offsets[int(d[i])]
-                back = shift(maps[i], -dy, -dx)
-                valid = shift(torch.ones_like(maps[i][:1]), -dy, -dx)
-                total[cats[i], g[i]] += back
-                count[cats[i], g[i]] += valid
-        used = count > 0
-        top.template.copy_(torch.where(used, total / count.clamp_min(1), top.template))
-
-
-def _m_step_sgd(h: Hierarchy, source, hidden, config: HardEMConfig, generator, progress: bool) -> float:
-    params = [p for m in h.topdown[:-1] for p in m.parameters()]
-    if not params:
-        return 0.0
-    opt = torch.optim.Adam(params, lr=config.lr)
-    L, last = h.L, 0.0
-    for _ in range(config.sgd_epochs):
-        batches = list(iterate_batches(len(source), config.batch_size, generator))
-        for idx in tqdm(batches, desc="M-step", disable=not progress, leave=False):
-            maps = [m.to(h.device, h.dtype) for m in source.batch(idx)]
-            loss = 0.0
-            for l in range(L - 1):
-                spec = h.specs[l]
-                err = squared_error(h, l, maps[l + 1], hidden[sites.gamma(spec.name)][idx].to(h.device),
-                                    hidden[sites.delta(spec.name)][idx].to(h.device), maps[l])
-                loss = loss + err.sum() / (2 * h.sigma0[l] ** 2)
-            opt.zero_grad()
-            (loss / len(idx)).backward()
-            opt.step()
-            last = float(loss.detach()) / len(idx)
-    return last
-
-
-def _state_path(checkpoint_dir: Path) -> Path:
-    return checkpoint_dir / "em_state.json"
+def _check_shards(data, what: str) -> None:
+    """Every global example must be held by exactly one rank."""
+    cover = torch.zeros(len(data), dtype=torch.long)
+    cover[data.owned] = 1
+    distributed.all_reduce_sum(cover, f"checking the shards of {what}")
+    bad = (cover != 1).nonzero().flatten()
+    if len(bad):
+        raise ValueError(f"{what}: expected every example held by exactly one rank, got {len(bad)} examples "
+                         f"held by {sorted(set(cover[bad].tolist()))} ranks (first: {bad[:5].tolist()})")
 
 
 def hard_em(model, hierarchy: Hierarchy, source, config: HardEMConfig | None = None,
@@ -212,101 +152,105 @@ def hard_em(model, hierarchy: Hierarchy, source, config: HardEMConfig | None = N
     """Train ``hierarchy`` in place by hard EM; returns ``(hierarchy, history)``.
 
     :param model: a model program with an ``"estep"`` form (``models.activation.activation_model``).
-    :param source: training activation source (``len``, ``categories``, ``batch(index)``).
+    :param source: training activation source (``len``, ``categories``, ``batch(index)``). In a distributed
+        run: the full source (each rank reads its :func:`~pyro_backpass.distributed.shard`) or this rank's
+        :class:`~pyro_backpass.learning.sources.ShardedSource`.
     :param checkpoint_dir: folder for the per-iteration checkpoint; an existing one with the same
-        config is resumed from.
-    :param val_source: optional held-out source; its E-step log-likelihood is logged per iteration.
-    :returns: the trained hierarchy and a list of per-iteration log dicts.
+        config is resumed from. Only rank 0 writes it.
+    :param val_source: optional held-out source (sharded like ``source``); its E-step log-likelihood is
+        logged per iteration.
+    :returns: the trained hierarchy (the same on every rank) and a list of per-iteration log dicts.
+    :raises ~pyro_backpass.distributed.DistributedError: if another rank dies or stops answering.
     """
     config = config or HardEMConfig()
-    if len(source) == 0:
+    data = as_sharded(source)
+    val = as_sharded(val_source) if val_source is not None else None
+    if len(data) == 0:
         raise ValueError("source: expected a non-empty data set, got 0 examples")
     for s in hierarchy.specs:
-        if s.K > len(source):
+        if s.K > len(data):
             raise ValueError(f"K of layer {s.name!r}: expected at most the number of training examples "
-                             f"({len(source)}), got {s.K}")
+                             f"({len(data)}), got {s.K}")
     h = hierarchy
-    history: list[dict] = []
-    start = 0
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     cfg_json = dataclasses.asdict(config)
-    if ckpt is not None and _state_path(ckpt).is_file():
-        state = json.loads(_state_path(ckpt).read_text())
-        if state.get("config") != cfg_json:
-            raise ValueError(f"checkpoint_dir: {str(ckpt)!r} holds a run with another config; "
-                             "use a fresh folder or the same config to resume")
-        loaded = load_hierarchy(ckpt / "model", map_location=h.device, expect_specs=list(h.specs))
-        h.prior = loaded.prior
-        h.load_state_dict(loaded.state_dict())
-        history, start = state["history"], state["iteration"] + 1
-    if start == 0:
-        init_gen = _generator(config, -1)
-        _init_sigma0(h, source, config)
-        initialise(h, source, init_gen, epochs=config.init_epochs, lr=config.lr, batch_size=config.batch_size)
-    for it in range(start, config.iterations):
-        gen = _generator(config, it)
-        hidden, totals, layer_scores = _e_step(model, h, source, config, progress)
-        log = {"iteration": it, "log_likelihood": float(totals.mean()),
-               "layer_log_likelihood": {s.name: float(layer_scores[:, i].mean()) for i, s in enumerate(h.specs)},
-               "usage": {}, "effective_components": {}}
-        for s in h.specs:
-            counts, eff = usage_stats(hidden[sites.gamma(s.name)], s.K)
-            log["usage"][s.name], log["effective_components"][s.name] = counts, eff
-        if val_source is not None:
-            _, vt, vls = _e_step(model, h, val_source, config, progress=False)
-            log["val_log_likelihood"] = float(vt.mean())
-            log["val_layer_log_likelihood"] = {s.name: float(vls[:, i].mean()) for i, s in enumerate(h.specs)}
-        # M-step: CPD tables in closed form.
-        assign = torch.stack([hidden[sites.CATEGORY]] + [hidden[sites.gamma(s.name)] for s in reversed(h.specs)], 1)
-        prior = NGramPrior(h.Ks, h.n_categories, order=config.prior_order, alpha=config.alpha).to(h.device, h.dtype)
-        h.prior = prior.fit(assign.to(h.device))
-        _, _, _, per_ex = _residual_pass(h, source, hidden, config)
-        log["reseeded"] = {h.specs[l].name: v for l, v in
-                           _reseed_dead(h, source, hidden, per_ex, gen).items()} if config.reseed_dead else {}
-        _m_step_templates(h, source, hidden, config)
-        log["sgd_loss"] = _m_step_sgd(h, source, hidden, config, gen, progress)
-        res, sig, n_el, _ = _residual_pass(h, source, hidden, config)
-        _set_sigma0(h, res, sig, n_el, config)
-        log["relative_error"] = {s.name: float(res[i] / sig[i].clamp_min(1e-12)) for i, s in enumerate(h.specs)}
-        log["sigma0"] = h.sigma0.tolist()
-        history.append(log)
-        if ckpt is not None:
-            save_hierarchy(h, ckpt / "model")
-            atomic_write_json(_state_path(ckpt), {"iteration": it, "config": cfg_json, "history": history})
+    progress = progress and distributed.is_main()
+    if distributed.is_distributed():
+        distributed.check_same("hard_em inputs (config, layers, data, initial hierarchy)",
+                               _fingerprint(h, data, val, cfg_json))
+    _check_shards(data, "source")
+    if val is not None:
+        _check_shards(val, "val_source")
+    history, start = em_checkpoint.load_checkpoint(ckpt, h, cfg_json)
+    stage, last_saved = "the initialisation", (start - 1 if start > 0 else None)
+    try:
+        if start == 0:
+            init_sigma0(h, data, config.batch_size)
+            initialise(h, data, _generator(config, -1), epochs=config.init_epochs, lr=config.lr,
+                       batch_size=config.batch_size)
+        for it in range(start, config.iterations):
+            stage = f"iteration {it}"
+            history.append(_iteration(model, h, data, val, config, it, progress))
+            # Every rank computed the same update; rank 0's copy is made authoritative anyway, so that
+            # ranks on machines with different float kernels cannot drift apart.
+            distributed.broadcast_tensors(list(h.state_dict().values()), what="parameter sync")
+            em_checkpoint.save_checkpoint(ckpt, h, it, cfg_json, history)
+            last_saved = it
+    except distributed.DistributedError as e:
+        raise distributed.DistributedError(f"{e}. Hard EM stopped in {stage}; "
+                                           f"{em_checkpoint.describe(ckpt, last_saved)}") from e
     return h, history
 
 
-def _set_sigma0(h: Hierarchy, res, sig, n_el, config: HardEMConfig) -> None:
-    rms_signal = (sig / n_el).sqrt()
-    sigma0 = (res / n_el).sqrt()
-    sigma0 = torch.maximum(sigma0, config.sigma0_floor * rms_signal).clamp_min(1e-6)
-    h.set_sigma0(sigma0.to(h.dtype))
-
-
-def _init_sigma0(h: Hierarchy, source, config: HardEMConfig) -> None:
-    """Start ``σ0_l`` at half the layer's RMS activation, a scale-aware guess refined by the M-steps."""
-    sq = torch.zeros(h.L, dtype=torch.float64)
-    n = torch.zeros(h.L, dtype=torch.float64)
-    for idx in iterate_batches(len(source), config.batch_size):
-        for l, m in enumerate(source.batch(idx)):
-            sq[l] += m.double().pow(2).sum()
-            n[l] += m.numel()
-    rms = (sq / n).sqrt().clamp_min(1e-3)
-    h.set_sigma0((0.5 * rms).to(h.dtype))
-    if not math.isfinite(float(h.sigma0.sum())):
-        raise ValueError("source: activations give a non-finite scale")
+def _iteration(model, h: Hierarchy, data, val, config: HardEMConfig, it: int, progress: bool) -> dict:
+    """One E-step and M-step; returns the iteration's log."""
+    t0, c0 = time.perf_counter(), distributed.comm_seconds()
+    gen = _generator(config, it)
+    hidden, totals, layer_scores = e_step(model, h, data, config.batch_size, progress)
+    t_e = time.perf_counter()
+    log = {"iteration": it, "log_likelihood": float(totals.mean()),
+           "layer_log_likelihood": {s.name: float(layer_scores[:, i].mean()) for i, s in enumerate(h.specs)},
+           "usage": {}, "effective_components": {}}
+    usage = usage_counts(h, data, hidden)
+    for s in h.specs:
+        log["usage"][s.name], log["effective_components"][s.name] = usage_from_counts(usage[s.name])
+    if val is not None:
+        _, vt, vls = e_step(model, h, val, config.batch_size, progress=False)
+        log["val_log_likelihood"] = float(vt.mean())
+        log["val_layer_log_likelihood"] = {s.name: float(vls[:, i].mean()) for i, s in enumerate(h.specs)}
+    t_v = time.perf_counter()
+    # M-step: CPD tables in closed form.
+    h.prior = fit_prior(h, data, hidden, config.prior_order, config.alpha)
+    _, _, _, per_ex = residual_pass(h, data, hidden, config.batch_size)
+    log["reseeded"] = {h.specs[l].name: v for l, v in
+                       reseed_dead(h, data, hidden, usage, per_ex, gen).items()} if config.reseed_dead else {}
+    m_step_templates(h, data, hidden, config.batch_size)
+    gammas = {l: hidden[sites.gamma(s.name)] for l, s in enumerate(h.specs)}
+    deltas = {l: hidden[sites.delta(s.name)] for l, s in enumerate(h.specs)}
+    log["sgd_loss"] = fit_topdown(h, data, gammas, deltas, config.sgd_epochs, config.lr, config.batch_size, gen,
+                                  progress)
+    res, sig, n_el, _ = residual_pass(h, data, hidden, config.batch_size)
+    set_sigma0(h, res, sig, n_el, config.sigma0_floor)
+    log["relative_error"] = {s.name: float(res[i] / sig[i].clamp_min(1e-12)) for i, s in enumerate(h.specs)}
+    log["sigma0"] = h.sigma0.tolist()
+    t1 = time.perf_counter()
+    log["seconds"] = {"e_step": t_e - t0, "val_e_step": t_v - t_e, "m_step": t1 - t_v, "total": t1 - t0,
+                      "in_collectives": distributed.comm_seconds() - c0, "world_size": distributed.world_size()}
+    return log
 
 
 def evaluate(model, h: Hierarchy, source, batch_size: int = 32) -> dict:
     """E-step log-likelihood and relative reconstruction error of ``source`` under ``h`` (no update).
 
+    In a distributed run each rank passes its shard (or the full source); the numbers cover all examples.
+
     :returns: ``log_likelihood`` (mean per example), ``layer_log_likelihood`` and ``relative_error``
         (residual energy over signal energy of ``F_td^l`` predicted from the observed ``F_td^{l+1}``),
         and ``explained_energy = 1 - relative_error``, per layer.
     """
-    config = HardEMConfig(batch_size=batch_size)
-    hidden, totals, layer_scores = _e_step(model, h, source, config, progress=False)
-    res, sig, _, _ = _residual_pass(h, source, hidden, config)
+    data = as_sharded(source)
+    hidden, totals, layer_scores = e_step(model, h, data, batch_size)
+    res, sig, _, _ = residual_pass(h, data, hidden, batch_size)
     rel = {s.name: float(res[i] / sig[i].clamp_min(1e-12)) for i, s in enumerate(h.specs)}
     return {"log_likelihood": float(totals.mean()),
             "layer_log_likelihood": {s.name: float(layer_scores[:, i].mean()) for i, s in enumerate(h.specs)},

@@ -8,91 +8,27 @@ layer's offsets) per category on the top-layer maps; each template is set to its
 maps (a data-driven partition, so the ``K`` components start from different examples instead of
 copies of one), and each component is fitted to its part with a few Adam epochs on the observed
 upper maps. Hard EM then refines the partition.
+
+In a distributed run every rank holds a shard of the examples (a
+:class:`~pyro_backpass.learning.sources.ShardedSource`). Every random choice (k-means++ draws, subsamples,
+least-squares rows, minibatch order) is drawn from one generator in the same order on every rank, as if
+by one process over all examples, and each rank evaluates it on the examples it holds: per-example
+distances are gathered exactly, least-squares normal equations and gradients are summed across ranks.
+So 2 ranks choose the same seeds as 1 and fit the same weights up to float rounding.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
+from .. import distributed
 from ..hierarchy import Hierarchy
-from ..topdown import shift, shifted_views
-from .residuals import squared_error
-from .sources import iterate_batches
+from .kmeans import fetch_rows, frame_templates, kmeanspp_seeds, potential
+from .residuals import fit_topdown
+from .sources import as_sharded, iterate_batches
 
-__all__ = ["kmeanspp_seeds", "initialise"]
-
-
-def shift_distances(x: torch.Tensor, seed: torch.Tensor, radius: int, return_offsets: bool = False):
-    """``min_δ ||x_i - shift(seed, δ)||²`` for maps ``x`` (n, C, H, W) and one ``seed`` (C, H, W); (n,).
-
-    With ``return_offsets`` also the minimising ``(δ_y, δ_x)`` per example, (n, 2).
-    """
-    views = shifted_views(seed, radius).movedim(-3, 0).movedim(-3, 0).reshape(-1, seed.numel())  # (D, CHW)
-    xf = x.flatten(1)
-    d2 = xf.pow(2).sum(1, keepdim=True) - 2 * xf @ views.T + views.pow(2).sum(1)
-    best, arg = d2.min(1)
-    if not return_offsets:
-        return best.clamp_min(0)
-    side = 2 * radius + 1  # view index [j, k] is the shift (r - j, r - k)
-    return best.clamp_min(0), torch.stack([radius - arg // side, radius - arg % side], 1)
-
-
-def kmeanspp_seeds(x: torch.Tensor, k: int, generator: torch.Generator, radius: int = 0) -> torch.Tensor:
-    """Indices of ``k`` examples of ``x`` (n, C, H, W) chosen by k-means++ D² sampling.
-
-    With ``radius > 0`` the distance is shift-invariant (minimum over offsets in ``[-r, r]²``), so two
-    seeds are not the same shape at two positions.
-    """
-    n = x.shape[0]
-    if k > n:
-        raise ValueError(f"K: expected at most the number of training examples ({n}), got {k}")
-    # Greedy k-means++ (as in scikit-learn): draw a few candidates per step and keep the one that
-    # lowers the potential most; plain D² sampling too often puts two seeds in one cluster.
-    trials = 2 + int(math.log(k)) if k > 1 else 1
-    first = int(torch.randint(n, (1,), generator=generator))
-    seeds = [first]
-    d2 = shift_distances(x, x[first], radius)
-    for _ in range(1, k):
-        p = d2.clamp_min(0).double()
-        if float(p.sum()) <= 0:
-            p = torch.ones_like(p)
-            p[seeds] = 0
-        cands = torch.multinomial(p / p.sum(), trials, replacement=True, generator=generator).tolist()
-        best = None
-        for c in cands:
-            new = torch.minimum(d2, shift_distances(x, x[c], radius))
-            if best is None or float(new.sum()) < best[0]:
-                best = (float(new.sum()), c, new)
-        _, nxt, d2 = best
-        seeds.append(nxt)
-    return torch.tensor(seeds)
-
-
-def frame_templates(top, category: int, maps: torch.Tensor) -> None:
-    """Put each seed template of ``category`` in the frame of its cluster.
-
-    A seed is one example at its own offset, so members of its cluster sit at relative offsets of up
-    to ``2r``, beyond what the E-step searches. Each template is moved to the median relative offset
-    of its members (found by a ``2r`` search), so that the members' offsets centre on ``(0, 0)``
-    and all of them can be aligned within ``[-r, r]²``.
-    """
-    r = top.offset_radius
-    if r == 0:
-        return
-    with torch.no_grad():
-        seeds = torch.relu(top.template[category]).float()
-        found = [shift_distances(maps, seeds[k], 2 * r, return_offsets=True) for k in range(top.K)]
-        dist = torch.stack([d for d, _ in found], 1)
-        owner = dist.argmin(1)
-        for k in range(top.K):
-            mine = found[k][1][owner == k]
-            if mine.numel() == 0:
-                continue
-            dy, dx = (int(v) for v in mine.float().median(0).values.round())
-            top.template[category, k].copy_(shift(top.template[category, k], dy, dx))
+__all__ = ["kmeanspp_seeds", "least_squares_fit", "initialise"]
 
 
 def least_squares_fit(hierarchy: Hierarchy, layer: int, source, gamma: torch.Tensor, generator: torch.Generator,
@@ -105,102 +41,123 @@ def least_squares_fit(hierarchy: Hierarchy, layer: int, source, gamma: torch.Ten
     to the layer's maps, at offset 0. It gives every layer, the image layer included, a prediction
     at the right scale before the first E-step, which a few Adam epochs from a random start do not.
     Transposed-convolution layers are left to Adam. ``components`` restricts the fit to those
-    components (examples with ``gamma = -1`` belong to none).
+    components (examples with ``gamma = -1`` belong to none). The sampled rows are drawn for every global
+    minibatch on every rank; the normal equations are summed across ranks.
+
+    :param torch.Tensor gamma: (N,) component of every global example (read where held here).
     """
     m = hierarchy.topdown[layer]
     if m.upsample == "transposed":
         return
+    data = as_sharded(source)
     k = m.kernel_size
     C_out = m.out_channels
+    n_out = m.out_size[0] * m.out_size[1]
     xs, ys, owners = [], [], []
-    per_batch = max(1, max_rows // max(1, (len(source) + batch_size - 1) // batch_size))
+    per_batch = max(1, max_rows // max(1, (len(data) + batch_size - 1) // batch_size))
     with torch.no_grad():
-        for start in range(0, len(source), batch_size):
-            idx = torch.arange(start, min(start + batch_size, len(source)))
-            maps = source.batch(idx)
+        for start in range(0, len(data), batch_size):
+            idx = torch.arange(start, min(start + batch_size, len(data)))
+            rows = torch.randint(n_out, (len(idx), max(1, per_batch // len(idx))), generator=generator)
+            keep = data.mask[idx]
+            if not bool(keep.any()):
+                continue
+            idx, rows = idx[keep], rows[keep]
+            maps = data.batch(idx)
             up = maps[layer + 1].float()
             if m.upsample == "nearest" and tuple(up.shape[-2:]) != m.out_size:
                 up = F.interpolate(up, size=m.out_size, mode="nearest")
             patches = F.unfold(up, k, padding=k // 2).transpose(1, 2)  # (n, HW, C_in k²)
             target = maps[layer].float().flatten(2).transpose(1, 2)  # (n, HW, C_out)
-            rows = torch.randint(patches.shape[1], (len(idx), max(1, per_batch // len(idx))), generator=generator)
+            if patches.shape[1] != n_out:
+                raise ValueError(f"layer {layer}: expected {n_out} output cells from the upper map, got "
+                                 f"{patches.shape[1]}")
             xs.append(torch.gather(patches, 1, rows.unsqueeze(-1).expand(-1, -1, patches.shape[2])).flatten(0, 1))
             ys.append(torch.gather(target, 1, rows.unsqueeze(-1).expand(-1, -1, C_out)).flatten(0, 1))
             owners.append(gamma[idx].unsqueeze(1).expand_as(rows).flatten())
-        X, Y, owner = torch.cat(xs).double(), torch.cat(ys).double(), torch.cat(owners)
-        X = torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], 1)  # bias column
+        dim = m.in_channels * k * k + 1
+        if xs:
+            X, Y, owner = torch.cat(xs).double(), torch.cat(ys).double(), torch.cat(owners)
+            X = torch.cat([X, torch.ones(len(X), 1, dtype=X.dtype)], 1)  # bias column
+        else:  # this rank holds no example: it contributes zeros to the sums
+            X, Y = torch.zeros(0, dim, dtype=torch.float64), torch.zeros(0, C_out, dtype=torch.float64)
+            owner = torch.zeros(0, dtype=torch.long)
         weight = m.weight.view(m.K, C_out, -1)
         bias = m.bias.view(m.K, C_out)
         for c in (range(m.K) if components is None else components):
             sel = owner == c
-            if int(sel.sum()) < X.shape[1]:
-                continue  # too few rows for a stable fit: keep the random start
             A = X[sel]
-            gram = A.T @ A + ridge * len(A) * torch.eye(A.shape[1], dtype=A.dtype)
-            sol = torch.linalg.solve(gram, A.T @ Y[sel])  # (C_in k² + 1, C_out)
+            n_rows = torch.tensor([len(A)], dtype=torch.float64)
+            gram_xy = torch.cat([A.T @ A, A.T @ Y[sel]], 1)  # (dim, dim + C_out)
+            distributed.all_reduce_sum(n_rows, "least-squares row count")
+            distributed.all_reduce_sum(gram_xy, "least-squares normal equations")
+            n_c = int(n_rows)
+            if n_c < dim:
+                continue  # too few rows for a stable fit: keep the random start
+            gram = gram_xy[:, :dim] + ridge * n_c * torch.eye(dim, dtype=A.dtype)
+            sol = torch.linalg.solve(gram, gram_xy[:, dim:])  # (C_in k² + 1, C_out)
             weight[c].copy_(sol[:-1].T.to(weight))
             bias[c].copy_(sol[-1].to(bias))
 
 
-def _layer_maps(source, layer: int, batch_size: int, rows: torch.Tensor | None = None) -> torch.Tensor:
-    index = torch.arange(len(source)) if rows is None else rows
-    return torch.cat([source.batch(index[i:i + batch_size])[layer].float() for i in range(0, len(index), batch_size)])
+def _layer_maps(data, layer: int, batch_size: int, rows: torch.Tensor, shape: tuple) -> torch.Tensor:
+    """Maps (m, *shape) of layer ``layer`` of the held examples ``rows`` (global indices), read in minibatches."""
+    if len(rows) == 0:
+        return torch.zeros((0,) + tuple(shape))
+    return torch.cat([data.batch(rows[i:i + batch_size])[layer].float() for i in range(0, len(rows), batch_size)])
+
+
+def _held(data, candidates: torch.Tensor) -> torch.Tensor:
+    """Positions in the global candidate list ``candidates`` (n,) of the ones held here, (m,)."""
+    return data.mask[candidates].nonzero().flatten()
 
 
 def initialise(hierarchy: Hierarchy, source, generator: torch.Generator, epochs: int = 2, lr: float = 1e-3,
                batch_size: int = 32, max_rows: int = 4096, n_init: int = 4) -> dict[str, torch.Tensor]:
     """Seed every layer's mixture from data; returns the initial partition γ per layer (N,).
 
-    :param source: an activation source (see :mod:`pyro_backpass.learning.sources`).
+    :param source: an activation source (see :mod:`pyro_backpass.learning.sources`), or this rank's
+        :class:`~pyro_backpass.learning.sources.ShardedSource` in a distributed run.
     """
-    L, N = hierarchy.L, len(source)
-    cats = source.categories
+    data = as_sharded(source)
+    L, N = hierarchy.L, len(data)
+    cats = data.categories
     top = hierarchy.topdown[L - 1]
+    r2 = 2 * top.offset_radius  # two examples of one shape differ by up to 2r cells
     partition = {}
     # Top templates from k-means++ seeds of each category's top maps.
-    top_maps = _layer_maps(source, L - 1, batch_size)
     with torch.no_grad():
         for c in range(hierarchy.n_categories):
             idx = (cats == c).nonzero().flatten()
             if idx.numel() == 0:
                 continue
-            # Two examples of one shape differ by up to 2r cells, hence the doubled radius.
+            pos = _held(data, idx)
+            x = _layer_maps(data, L - 1, batch_size, idx[pos], hierarchy.specs[L - 1].shape)
             # Best of a few seedings by k-means potential: one bad seeding splits a shape for good.
             tries = []
             for _ in range(n_init):
-                cand = kmeanspp_seeds(top_maps[idx], top.K, generator, 2 * top.offset_radius)
-                pot = torch.stack([shift_distances(top_maps[idx], top_maps[idx][j], 2 * top.offset_radius)
-                                   for j in cand.tolist()], 1).min(1).values.sum()
-                tries.append((float(pot), cand))
-            seeds = idx[min(tries, key=lambda t: t[0])[1]]
-            for k, i in enumerate(seeds.tolist()):
-                top.template[c, k].copy_(top_maps[i].to(top.template))
-            frame_templates(top, c, top_maps[idx])
+                cand = kmeanspp_seeds(x, top.K, generator, r2, positions=pos, n=len(idx))
+                maps = fetch_rows(x, pos, cand.tolist())
+                tries.append((potential(x, maps, r2, pos, len(idx)), maps))
+            for k, seed_map in enumerate(min(tries, key=lambda t: t[0])[1]):
+                top.template[c, k].copy_(seed_map.to(top.template))
+            frame_templates(top, c, x, pos, len(idx))
     # Lower layers: partition by nearest k-means++ seed, then fit each component to its part.
     for l in range(L - 1):
         sub = torch.randperm(N, generator=generator)[:max_rows]
-        x = _layer_maps(source, l, batch_size, sub).flatten(1)
-        seeds = kmeanspp_seeds(x.reshape((len(sub),) + hierarchy.specs[l].shape), hierarchy.specs[l].K, generator)
-        gamma = torch.zeros(N, dtype=torch.long)
-        for i in range(0, N, batch_size):
-            rows = torch.arange(i, min(i + batch_size, N))
-            gamma[rows] = torch.cdist(source.batch(rows)[l].flatten(1).float(), x[seeds]).argmin(1)
-        partition[l] = gamma
+        pos = _held(data, sub)
+        spec = hierarchy.specs[l]
+        x = _layer_maps(data, l, batch_size, sub[pos], spec.shape).flatten(1)
+        seeds = kmeanspp_seeds(x.reshape((len(pos),) + spec.shape), spec.K, generator, positions=pos, n=len(sub))
+        seed_maps = fetch_rows(x, pos, seeds.tolist())
+        gamma = torch.zeros(len(data.owned), dtype=torch.long)
+        for idx in iterate_batches(N, batch_size):
+            rows = data.local(idx)
+            if len(rows):
+                gamma[data.position[rows]] = torch.cdist(data.batch(rows)[l].flatten(1).float(), seed_maps).argmin(1)
+        partition[l] = distributed.gather_by_index(gamma, data.owned, N, "initial partition")
     for l in range(L - 1):
-        least_squares_fit(hierarchy, l, source, partition[l], generator, batch_size)
-    params = [p for l in range(L - 1) for p in hierarchy.topdown[l].parameters()]
-    if params and epochs > 0:
-        opt = torch.optim.Adam(params, lr=lr)
-        centre = {l: hierarchy.specs[l].n_offsets // 2 for l in range(L - 1)}
-        for _ in range(epochs):
-            for idx in iterate_batches(N, batch_size, generator):
-                maps = [m.to(hierarchy.device, hierarchy.dtype) for m in source.batch(idx)]
-                loss = 0.0
-                for l in range(L - 1):
-                    err = squared_error(hierarchy, l, maps[l + 1], partition[l][idx].to(hierarchy.device),
-                                        torch.full((len(idx),), centre[l], device=hierarchy.device), maps[l])
-                    loss = loss + err.sum() / (2 * hierarchy.sigma0[l] ** 2)
-                opt.zero_grad()
-                (loss / len(idx)).backward()
-                opt.step()
+        least_squares_fit(hierarchy, l, data, partition[l], generator, batch_size)
+    centre = {l: torch.full((N,), hierarchy.specs[l].n_offsets // 2, dtype=torch.long) for l in range(L - 1)}
+    fit_topdown(hierarchy, data, partition, centre, epochs, lr, batch_size, generator, desc="init")
     return partition

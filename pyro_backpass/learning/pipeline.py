@@ -4,6 +4,11 @@ Stages: render the data (cached by config) → train or load the backbone (cache
 masked training instances (streamed) → fit the observation model on cluttered scenes → hard EM
 (checkpointed, resumable) → save the model. The model program is an argument, as everywhere in the
 library.
+
+Under torchrun (:mod:`pyro_backpass.distributed`) every rank runs this function: rank 0 fills the disk
+caches first (backbone, rendered data) and the others then read them; the ranks check that they hold the
+same config, backbone and data; each rank computes the activations of its shard only; rank 0 fits the
+observation model and sends it to the others; hard EM runs data-parallel; rank 0 writes the files.
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ from pathlib import Path
 
 import torch
 
+from .. import distributed
 from ..checkpoint import save_hierarchy
 from ..hierarchy import Hierarchy, random_hierarchy
 from ..specs import with_mixture
 from .activations import BackboneActivations
 from .hard_em import HardEMConfig, evaluate, hard_em
 from .observation import ObservationFitConfig, fit_observation
+from .sources import ShardedSource
 
 __all__ = ["TrainConfig", "CONFIGS", "run_training", "peak_memory_mb"]
 
@@ -144,12 +151,32 @@ def _fit_observations(h: Hierarchy, backbone, config: TrainConfig, progress: boo
     return report
 
 
+def _sha(tensors) -> str:
+    digest = hashlib.sha256()
+    for t in tensors:
+        digest.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _shard_source(backbone, images, cats, names, config: TrainConfig, cache_mb: int) -> ShardedSource:
+    """This rank's shard of the images as an activation source (all of them in one process)."""
+    owned = distributed.shard(len(images))
+    local = BackboneActivations(backbone, images[owned], cats[owned], names, config.em_batch_size, cache_mb)
+    return ShardedSource.from_local(local, owned, cats)
+
+
 def run_training(model, config: TrainConfig, out: str | Path, progress: bool = True) -> dict:
-    """Run every stage, write ``out/model``, ``out/em-<key>`` (checkpoints) and return the metrics dict."""
+    """Run every stage, write ``out/model``, ``out/em-<key>`` (checkpoints) and return the metrics dict.
+
+    In a distributed run every rank calls it with the same arguments; rank 0 writes the files.
+    """
     out = Path(out)
+    distributed.check_same("the training config and --out", {"config": dataclasses.asdict(config), "out": str(out)})
+    progress = progress and distributed.is_main()
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    backbone, backbone_info = _backbone(config, progress)
+    with distributed.main_first("the backbone: trained or loaded once, then read from the cache"):
+        backbone, backbone_info = _backbone(config, progress)
     seconds["backbone"] = time.perf_counter() - t0
     specs = backbone.layer_specs()
     if config.layers:
@@ -160,25 +187,38 @@ def run_training(model, config: TrainConfig, out: str | Path, progress: bool = T
         specs = [s for s in specs if s.name in config.layers]
     specs = with_mixture(specs, K=config.K, K_top=config.K_top)
     t = time.perf_counter()
-    train_images, train_cats = _training_images(config, "train", config.n_train, progress)
-    val_images, val_cats = _training_images(config, "val", config.n_val, progress)
+    with distributed.main_first("the data: rendered once, then read from the cache"):
+        train_images, train_cats = _training_images(config, "train", config.n_train, progress)
+        val_images, val_cats = _training_images(config, "val", config.n_val, progress)
     seconds["data"] = time.perf_counter() - t
+    if distributed.is_distributed():  # e.g. machines without a shared cache that trained different backbones
+        distributed.check_same("the backbone weights and the rendered data (share the cache folder, "
+                               "PYRO_BACKPASS_CACHE, between machines)",
+                               {"backbone": _sha(backbone.state_dict().values()),
+                                "data": _sha([train_images, train_cats, val_images, val_cats])})
     t = time.perf_counter()
     names = [s.name for s in specs]
-    train = BackboneActivations(backbone, train_images, train_cats, names, config.em_batch_size, config.cache_mb)
-    val = BackboneActivations(backbone, val_images, val_cats, names, config.em_batch_size, config.cache_mb // 4)
+    train = _shard_source(backbone, train_images, train_cats, names, config, config.cache_mb)
+    val = _shard_source(backbone, val_images, val_cats, names, config, config.cache_mb // 4)
     seconds["activations"] = time.perf_counter() - t
     h = random_hierarchy(specs, n_categories=1, seed=config.seed)
     h.categories = ["airplane"]
     t = time.perf_counter()
-    obs_report = _fit_observations(h, backbone, config, progress)
+
+    def fit():
+        return _fit_observations(h, backbone, config, progress), h.state_dict()
+
+    obs_report, state = distributed.run_on_main(fit, "the observation fit")
+    if distributed.is_distributed():
+        h.load_state_dict(state)
     seconds["observation_fit"] = time.perf_counter() - t
     em_cfg = HardEMConfig(iterations=config.em_iterations, batch_size=config.em_batch_size,
                           sgd_epochs=config.sgd_epochs, lr=config.lr, prior_order=config.prior_order,
                           alpha=config.alpha, seed=config.seed)
     t = time.perf_counter()
-    # The EM checkpoint folder is keyed by the whole run config and the backbone's, so a run with other
-    # data or another backbone never resumes from this one's checkpoint.
+    # The EM checkpoint folder is keyed by the whole run config and the backbone's (not by the number of
+    # ranks, which does not change the result), so a run with other data or another backbone never
+    # resumes from this one's checkpoint.
     run_key = json.dumps({"train": dataclasses.asdict(config), "backbone": backbone_info.get("backbone_config")},
                          sort_keys=True, default=str)
     em_dir = out / f"em-{hashlib.sha256(run_key.encode()).hexdigest()[:12]}"
@@ -187,12 +227,14 @@ def run_training(model, config: TrainConfig, out: str | Path, progress: bool = T
     t = time.perf_counter()
     final_val = evaluate(model, h, val, config.em_batch_size)
     seconds["evaluate"] = time.perf_counter() - t
-    save_hierarchy(h, out / "model", extra={"train_config": dataclasses.asdict(config), "em_checkpoint": em_dir.name,
-                                             **{k: v for k, v in backbone_info.items() if k != "backbone_metrics"}})
-    if config.backbone == "small_vgg":
-        from ..backbones import save_small_vgg
+    if distributed.is_main():
+        save_hierarchy(h, out / "model", extra={"train_config": dataclasses.asdict(config),
+                                                 "em_checkpoint": em_dir.name,
+                                                 **{k: v for k, v in backbone_info.items() if k != "backbone_metrics"}})
+        if config.backbone == "small_vgg":
+            from ..backbones import save_small_vgg
 
-        save_small_vgg(backbone, out / "model" / "backbone.safetensors")
+            save_small_vgg(backbone, out / "model" / "backbone.safetensors")
     seconds["total"] = time.perf_counter() - t0
     last = history[-1]
     return {
@@ -207,5 +249,7 @@ def run_training(model, config: TrainConfig, out: str | Path, progress: bool = T
         "observation": obs_report,
         "backbone": backbone_info.get("backbone_metrics"),
         "seconds": seconds,
+        "world_size": distributed.world_size(),
         "peak_memory_mb": peak_memory_mb(),
+        "peak_memory_mb_per_rank": distributed.all_gather_objects(peak_memory_mb(), "peak memory"),
     }

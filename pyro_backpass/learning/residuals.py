@@ -5,17 +5,24 @@ chosen component's weights are gathered per example and applied as one grouped c
 (groups = examples), and instead of shifting ``φ`` by ``δ`` the target is shifted back by ``-δ``
 with a mask of the cells that stay inside the map. Cells outside that mask are zero-filled in
 ``shift(φ, δ)``, so their error does not depend on the weights and is added as a constant.
+
+:func:`fit_topdown` runs the M-step's Adam epochs on that error. In a distributed run every rank walks
+the same global minibatches, computes the gradient of its part of each, and the parts are summed across
+ranks before the step, so the update is the one-process update up to float rounding.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
+from .. import distributed
 from ..hierarchy import Hierarchy
 from ..topdown import TopDownConv, shifted_views
+from .sources import iterate_batches
 
-__all__ = ["selected_components", "squared_error"]
+__all__ = ["selected_components", "squared_error", "fit_topdown"]
 
 
 def selected_components(m: TopDownConv, f_up: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
@@ -77,3 +84,55 @@ def squared_error(h: Hierarchy, layer: int, upper: torch.Tensor, gamma: torch.Te
         # Target cells that the shifted φ does not cover (zero fill there): their error is the target.
         const = target.pow(2).flatten(1).sum(1) - (back.pow(2) * mask).flatten(1).sum(1)
     return ((comp - back).pow(2) * mask).flatten(1).sum(1) + const
+
+
+def fit_topdown(h: Hierarchy, data, gamma: dict, delta: dict, epochs: int, lr: float, batch_size: int,
+                generator: torch.Generator, progress: bool = False, desc: str = "M-step") -> float:
+    """A fresh Adam on the top-down convolutions of layers ``0..L-2`` for ``epochs`` shuffled epochs.
+
+    The loss of a minibatch is ``Σ_l ||F^l_td - φ_l||² / 2σ0_l²`` averaged over its examples (eq. 5).
+
+    :param data: a :class:`~pyro_backpass.learning.sources.ShardedSource` (all examples in one process).
+    :param dict gamma: layer index → (N,) components per global example (valid where held here).
+    :param dict delta: layer index → (N,) offset indices, likewise.
+    :returns: the loss of the last minibatch (per example).
+    """
+    params = [p for m in h.topdown[:-1] for p in m.parameters()]
+    if not params or epochs <= 0:
+        return 0.0
+    opt = torch.optim.Adam(params, lr=lr)
+    shared = distributed.is_distributed()
+    last = 0.0
+    for _ in range(epochs):
+        batches = list(iterate_batches(len(data), batch_size, generator))
+        for idx in tqdm(batches, desc=desc, disable=not progress, leave=False):
+            mine = data.local(idx)
+            opt.zero_grad()
+            loss = torch.zeros((), device=h.device, dtype=h.dtype)
+            if len(mine):
+                maps = [m.to(h.device, h.dtype) for m in data.batch(mine)]
+                loss = 0.0
+                for l in range(h.L - 1):
+                    err = squared_error(h, l, maps[l + 1], gamma[l][mine].to(h.device), delta[l][mine].to(h.device),
+                                        maps[l])
+                    loss = loss + err.sum() / (2 * h.sigma0[l] ** 2)
+                # Divided by the global minibatch size: the ranks' gradients then add up to the mean's.
+                (loss / len(idx)).backward()
+            if shared:
+                loss = _sum_gradients(params, loss.detach())
+            opt.step()
+            last = float(loss.detach()) / len(idx)
+    return last
+
+
+def _sum_gradients(params: list[torch.Tensor], loss: torch.Tensor) -> torch.Tensor:
+    """All-reduce every gradient (zeros where this rank had no example) and the loss, in one flat buffer."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads] + [loss.reshape(1).to(grads[0])])
+    distributed.all_reduce_sum(flat, "M-step gradient all-reduce")
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset:offset + n].view_as(p).clone()
+        offset += n
+    return flat[-1]

@@ -10,6 +10,7 @@ from models.toy import toy_hierarchy, toy_specs
 from pyro_backpass.hierarchy import random_hierarchy
 from pyro_backpass.inference import impute
 from pyro_backpass.learning import HardEMConfig, TensorActivations, hard_em, usage_stats
+from pyro_backpass.learning.sources import ShardedSource
 
 SPECS = toy_specs(size=8, channels=(3, 4, 4, 4), K=3, radii=(0, 0, 1, 1))
 
@@ -57,11 +58,17 @@ def test_resume_gives_identical_parameters(tmp_path):
     state = json.loads((tmp_path / "b" / "em_state.json").read_text())
     state["config"]["iterations"] = 3
     (tmp_path / "b" / "em_state.json").write_text(json.dumps(state))
+    # ... killed while writing iteration 1's model: its folder is half-written, em_state.json still names 0's.
+    assert state["model"] == "model-0000"
+    (tmp_path / "b" / "model-0001").mkdir()
+    (tmp_path / "b" / "model-0001" / "tensors.safetensors").write_bytes(b"\0" * 10)
     resumed, hist = hard_em(activation_model, random_hierarchy(SPECS, 1, seed=99), src, cfg, tmp_path / "b",
                             progress=False)
     assert len(hist) == 3
     for (k, a), (_, b) in zip(whole.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), k
+    # Only the last iteration's model is kept.
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["em_state.json", "model-0002"]
 
 
 def test_bad_input_errors(tmp_path):
@@ -77,6 +84,25 @@ def test_bad_input_errors(tmp_path):
     with pytest.raises(ValueError, match="another config"):
         hard_em(activation_model, random_hierarchy(SPECS, 1), src, HardEMConfig(iterations=2, lr=0.5),
                 tmp_path / "c", progress=False)
+    # A shard that leaves examples to nobody (here: one process holding half of them) is refused.
+    with pytest.raises(ValueError, match="source: expected every example held by exactly one rank"):
+        hard_em(activation_model, random_hierarchy(SPECS, 1), ShardedSource.of(src, torch.arange(2)),
+                HardEMConfig(iterations=1), progress=False)
+
+
+def test_legacy_checkpoint_folder_resumes(tmp_path):
+    """Checkpoints written before the model-<iteration> layout keep the model in ``model``."""
+    f_td, _ = _data(12, seed=2)
+    src = TensorActivations(f_td)
+    cfg = HardEMConfig(iterations=1, batch_size=6, sgd_epochs=1, init_epochs=1, seed=4)
+    h, _ = hard_em(activation_model, random_hierarchy(SPECS, 1, seed=7), src, cfg, tmp_path, progress=False)
+    (tmp_path / "model-0000").rename(tmp_path / "model")
+    state = json.loads((tmp_path / "em_state.json").read_text())
+    del state["model"]
+    (tmp_path / "em_state.json").write_text(json.dumps(state))
+    again, hist = hard_em(activation_model, random_hierarchy(SPECS, 1, seed=1), src, cfg, tmp_path, progress=False)
+    assert len(hist) == 1 and all(torch.equal(a, b) for a, b in zip(h.state_dict().values(),
+                                                                    again.state_dict().values()))
 
 
 def test_usage_stats_effective_components():

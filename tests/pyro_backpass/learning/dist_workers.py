@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import socket
+import time
 import traceback
 from pathlib import Path
 
@@ -103,8 +105,17 @@ def helpers(rank: int, world: int, out: Path) -> dict:
         mismatch = None
     except ValueError as e:
         mismatch = str(e)
+    # torchrun stops the other ranks with SIGTERM when one fails: within a session that is a clear error.
+    sigterm = None
+    with distributed.session():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(10)
+        except distributed.DistributedError as e:
+            sigterm = str(e)
     return {"shard": mine.tolist(), "reduced": reduced.tolist(), "gathered": gathered.tolist(), "objects": objs,
-            "mismatch": mismatch}
+            "mismatch": mismatch, "sigterm": sigterm, "handler_restored": signal.getsignal(signal.SIGTERM) is not
+            distributed.group._on_sigterm}
 
 
 def mismatched_config(rank: int, world: int, out: Path) -> dict:
@@ -146,8 +157,6 @@ def dies_in_iteration_1(rank: int, world: int, out: Path) -> dict:
 
 def stuck(rank: int, world: int, out: Path) -> dict:
     """Rank 1 is alive but never joins the collective (a hang): rank 0 must time out with a clear error."""
-    import time
-
     if rank == 1:
         time.sleep(3.5)
         os._exit(0)

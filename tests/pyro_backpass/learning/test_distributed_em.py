@@ -43,8 +43,9 @@ def test_two_processes_match_one(tmp_path, reference):
     assert helpers[0]["reduced"] == helpers[1]["reduced"] == [3.0, 4.0]
     assert helpers[0]["gathered"] == helpers[1]["gathered"] == [10.0 * i for i in range(10)]
     assert helpers[0]["objects"] == [f"item{i}" for i in range(10)] and helpers[1]["objects"] is None
-    for res in helpers:
+    for r, res in enumerate(helpers):
         assert "rank(s) [1]" in res["mismatch"] and "b: rank 0 has 0, rank 1 has 1" in res["mismatch"]
+        assert res["sigterm"].startswith(f"rank {r} of 2: stopped by SIGTERM") and res["handler_restored"]
 
     results = dw.launch("train", 2, tmp_path)
     _check_errors(results)

@@ -161,6 +161,8 @@ def _sha(tensors) -> str:
 def _shard_source(backbone, images, cats, names, config: TrainConfig, cache_mb: int) -> ShardedSource:
     """This rank's shard of the images as an activation source (all of them in one process)."""
     owned = distributed.shard(len(images))
+    if len(owned) == 0:  # more ranks than examples: this rank holds none and is never asked for one
+        return ShardedSource(lambda index: [], owned, len(images), cats)
     local = BackboneActivations(backbone, images[owned], cats[owned], names, config.em_batch_size, cache_mb)
     return ShardedSource.from_local(local, owned, cats)
 

@@ -22,11 +22,13 @@ the last frame), since "completely occludes" depends on the two silhouettes.
   otherwise leave every other map near black.
 
 **Summary.** ``half_drop_frame``: first frame whose airplane logit has fallen half of the way from
-the clean frame's to the last frame's (``None`` if it does not fall). ``touch_frame``: first frame
-where the distractor's mask overlaps the plane's (pixels); ``touch_frame_layer``: the same on
-``config.layer``'s grid (a cell holds both). The paper's observation is ``half_drop_frame <
-touch_frame``; ``change_before_touch_ratio`` compares the last separate frame's relative change
-with the fully occluded one's (Fig. 8: "similar magnitude").
+the clean frame's to the last frame's (``None`` if it does not fall). ``prediction_flip_frame``:
+first frame where airplane is no longer the top class (``None`` if it stays on top, or is not on
+top at frame 0). ``touch_frame``: first frame where the distractor's mask overlaps the plane's
+(pixels); ``touch_frame_layer``: the same on ``config.layer``'s grid (a cell holds both);
+``gap_at_half_drop_px``: how far apart (in columns) they still were at the half drop. The paper's
+observation is ``half_drop_frame < touch_frame``; ``change_before_touch_ratio`` compares the last
+separate frame's relative change with the fully occluded one's (Fig. 8: "similar magnitude").
 """
 
 from __future__ import annotations
@@ -115,7 +117,9 @@ def build_sequence(config: CompositionalityConfig, size: int) -> dict[str, torch
     :returns: ``frames`` float ``(T, 3, S, S)`` in ``[0, 1]``; ``clean`` ``(3, S, S)`` the plane
         alone on the background (equal to frame 0); ``plane_mask`` bool ``(S, S)``;
         ``distractor_masks`` bool ``(T, S, S)``; ``x`` long ``(T,)`` the distractor's left column;
-        ``overlap_fraction`` float ``(T,)`` of the plane's mask under the distractor.
+        ``overlap_fraction`` float ``(T,)`` of the plane's mask under the distractor; ``gap`` long
+        ``(T,)`` columns from the distractor's right edge to the plane's leftmost pixel (negative
+        once they overlap in x).
     """
     c, S = config, int(size)
     plane = render_object("airplane", object_seed(c.split, c.seed, c.plane_index), S)
@@ -150,8 +154,10 @@ def build_sequence(config: CompositionalityConfig, size: int) -> dict[str, torch
         frames.append(clean * (1 - a) + _paste(d_col, dy, x, S))
         masks.append(a[0] >= 0.5)
     masks = torch.stack(masks)
+    d_right = int(torch.nonzero((d_alpha >= 0.5).any(0)).max()) + 1 if bool((d_alpha >= 0.5).any()) else dw
+    p_left = int(torch.nonzero(plane_mask.any(0)).min()) if bool(plane_mask.any()) else S
     return {"frames": torch.stack(frames).clamp(0, 1), "clean": clean.clamp(0, 1), "plane_mask": plane_mask,
-            "distractor_masks": masks, "x": xs,
+            "distractor_masks": masks, "x": xs, "gap": p_left - (xs + d_right),
             "overlap_fraction": (masks & plane_mask).sum((1, 2)) / area}
 
 
@@ -209,11 +215,13 @@ def measure_sequence(backbone: SmallVGG, sequence: dict[str, torch.Tensor],
     change = rel[config.layer]
     before = touch - 1 if touch is not None and touch > 0 else None
     probs = logits.softmax(1)
+    top1 = logits.argmax(1) == category_index("airplane")
     summary = {
         "airplane_logit_clean": s0, "airplane_logit_last": s_end, "half_drop_frame": half,
         "touch_frame": touch, "touch_frame_layer": touch_layer,
         "half_drop_before_touch": (half < touch) if half is not None and touch is not None else None,
         "half_drop_before_touch_layer": (half < touch_layer) if half is not None and touch_layer is not None else None,
+        "gap_at_half_drop_px": int(sequence["gap"][half]) if half is not None else None,
         "final_overlap_fraction": float(sequence["overlap_fraction"][-1]),
         "change_half_frame": _first(change >= 0.5 * change[-1]),
         "change_last_separate": float(change[before]) if before is not None else None,
@@ -221,10 +229,12 @@ def measure_sequence(backbone: SmallVGG, sequence: dict[str, torch.Tensor],
         "change_before_touch_ratio": float(change[before] / change[-1].clamp(min=1e-12)) if before is not None
         else None,
         "change_map_scale": float(scale),
-        "airplane_top1_clean": bool(logits[0].argmax() == category_index("airplane")),
+        "airplane_top1_clean": bool(top1[0]),
+        "prediction_flip_frame": _first(~top1) if bool(top1[0]) else None,
     }
     per_frame = {
-        "distractor_x": sequence["x"].tolist(), "overlap_fraction": sequence["overlap_fraction"].tolist(),
+        "distractor_x": sequence["x"].tolist(), "gap_px": sequence["gap"].tolist(),
+        "overlap_fraction": sequence["overlap_fraction"].tolist(),
         "airplane_logit": plane_score.tolist(), f"{config.distractor}_logit": dist_score.tolist(),
         "airplane_prob": probs[:, category_index("airplane")].tolist(),
         "predicted": [CATEGORIES[i] for i in logits.argmax(1).tolist()],

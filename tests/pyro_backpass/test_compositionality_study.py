@@ -36,6 +36,10 @@ def test_sequence_slides_in_from_outside_until_it_covers_the_plane(sequence):
     assert torch.equal(frames[0], sequence["clean"])  # the distractor starts just outside the frame
     assert not masks[0].any() and sequence["plane_mask"].any()
     assert (x[1:] > x[:-1]).all()  # left to right, a few pixels per frame
+    gap = sequence["gap"]
+    assert torch.equal(gap[:-1] - gap[1:], x[1:] - x[:-1]) and gap[0] > 0
+    first_touch = int(torch.nonzero(sequence["overlap_fraction"] > 0)[0])
+    assert gap[first_touch] < 0  # pixels can only meet once the columns overlap
     cover = sequence["overlap_fraction"]
     assert cover[0] == 0 and cover[-1] == cover.max() and cover[-1] > 0.9
     # The plane does not move, and the background is black by default.
@@ -70,6 +74,9 @@ def test_measures_shapes_reference_frame_and_summary(net, sequence):
         assert summ["half_drop_frame"] == half
     else:
         assert summ["half_drop_frame"] is None
+    top1 = [p == "airplane" for p in pf["predicted"]]
+    want_flip = next((t for t, v in enumerate(top1) if not v), None) if top1[0] else None
+    assert summ["prediction_flip_frame"] == want_flip
     touch = next(t for t, v in enumerate(pf["overlap_fraction"]) if v > 0)
     assert summ["touch_frame"] == touch
     assert summ["touch_frame_layer"] <= touch  # a shared cell comes no later than a shared pixel

@@ -188,13 +188,17 @@ def best_threshold(maps: torch.Tensor, gt_masks_list: Sequence[torch.Tensor],
     if len(gt_masks_list) != maps.shape[0] or maps.shape[0] == 0:
         raise ValueError(f"gt_masks_list: expected one mask stack per map ({maps.shape[0]}, at least 1), "
                          f"got {len(gt_masks_list)}")
-    th = torch.as_tensor(list(thresholds), dtype=maps.dtype)
-    if th.dim() != 1 or th.numel() == 0:
+    try:
+        candidates = [float(t) for t in thresholds]
+    except (TypeError, ValueError):
+        candidates = []
+    if not candidates:
         raise ValueError(f"thresholds: expected a non-empty sequence of numbers, got {thresholds!r}")
+    th = torch.tensor(candidates, dtype=maps.dtype)
     ious = torch.zeros(maps.shape[0], th.numel())
     for j, (m, gt) in enumerate(zip(maps, gt_masks_list)):
         if gt.shape[0]:  # one (T, S, S) stack per scene: every threshold in one matrix product
             ious[j] = iou_matrix(m[None] >= th.view(-1, 1, 1), gt).amax(1)
     mean = ious.mean(0)
     best = int(mean.argmax())
-    return float(th[best]), float(mean[best])
+    return candidates[best], float(mean[best])  # the caller's value, not its float32 rounding

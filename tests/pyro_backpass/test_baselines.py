@@ -154,12 +154,14 @@ def test_best_threshold_picks_the_right_level():
     maps = torch.stack(maps)
     thresholds = [round(0.1 * i, 1) for i in range(1, 10)]
     t, iou = best_threshold(maps, gts, thresholds)
-    assert t == pytest.approx(0.5) and iou == pytest.approx(1.0)
+    assert t == 0.5 and iou == pytest.approx(1.0)
     t, iou = best_threshold(maps, gts, [0.3, 0.9])
     assert t == pytest.approx(0.3) and iou == pytest.approx(64 / 144)
     with pytest.raises(ValueError, match="gt_masks_list"):
         best_threshold(maps, gts[:2], thresholds)
     with pytest.raises(ValueError, match="thresholds"):
         best_threshold(maps, gts, [])
+    with pytest.raises(ValueError, match="thresholds"):
+        best_threshold(maps, gts, ["high"])
     with pytest.raises(ValueError, match="maps"):
         best_threshold(maps[0], gts, thresholds)

@@ -8,49 +8,32 @@ unshifted top-down components scored against shifted windows of ``f_bu`` (see :f
 from __future__ import annotations
 
 import math
-import threading
+from collections import OrderedDict
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 
 from .distributions import max_joint
 from .distributions.functional import broadcast_shape
+from .relu_sums import (
+    CHUNK_ELEMENTS,
+    CHUNK_ELEMENTS_CUDA,
+    channel_sums,
+    clear_scratch,
+    dense_relu_sums,
+    split_relu_sums,
+    stacked_windows,
+    window_sums,
+    windows,
+)
 from .topdown import select_hypotheses
 
 __all__ = ["score_hypotheses", "score_table", "clear_scratch", "broadcast_shape", "CHUNK_ELEMENTS",
            "CHUNK_ELEMENTS_CUDA"]
 
-#: elements per scratch chunk of :func:`score_table` on CPU (about 4 MB in float32: cache-sized; smaller
-#: chunks lose more to per-op overhead than they gain in cache, measured on this project's 2-core CPU).
-CHUNK_ELEMENTS = 1 << 20
-#: the same on CUDA, where what matters is the number of kernel launches, not the cache.
-CHUNK_ELEMENTS_CUDA = 1 << 26
-
-
-_SCRATCH = threading.local()
-
-
-def clear_scratch() -> None:
-    """Free the scratch buffers :func:`score_table` keeps between calls (this thread's)."""
-    _SCRATCH.buffers = {}
-
-
-def _scratch(like: torch.Tensor, slot: int, numel: int) -> torch.Tensor:
-    """A reusable 1-D scratch buffer (per thread, device, dtype and slot) of at least ``numel`` elements.
-
-    Fresh multi-megabyte CPU allocations are served by the OS page by page, and the page faults cost
-    more than the arithmetic done in them; reusing the chunk and window buffers keeps them in memory
-    (and cache). They hold at most a few map-sized windows per offset plus two chunks; see
-    :func:`clear_scratch`.
-    """
-    cache = getattr(_SCRATCH, "buffers", None)
-    if cache is None:
-        cache = _SCRATCH.buffers = {}
-    key = (like.device, like.dtype, slot)
-    buf = cache.get(key)
-    if buf is None or buf.numel() < numel:
-        buf = cache[key] = like.new_empty(numel)
-    return buf
+_CONSTANTS: OrderedDict = OrderedDict()
+_CONSTANTS_SIZE = 64
 
 
 def _per_channel(p, C: int, like: torch.Tensor) -> torch.Tensor:
@@ -62,14 +45,93 @@ def _per_channel(p, C: int, like: torch.Tensor) -> torch.Tensor:
 def _window_masks(H: int, W: int, radius: int, like: torch.Tensor) -> torch.Tensor:
     """(D, H·W) 0/1: entry ``[d, j]`` is 1 where template cell ``j`` shifted by offset ``d`` is in the map."""
     ones = F.pad(like.new_ones(1, 1, H, W), (radius,) * 4)
-    return _windows(ones, H, W).reshape(-1, H * W)
+    return windows(ones, H, W).reshape(-1, H * W)  # (Dy, Dx, H, W) → (D, H·W)
 
 
-def _windows(x_pad: torch.Tensor, H: int, W: int) -> torch.Tensor:
-    """``(..., H+2r, W+2r)`` → ``(..., D, H, W)`` where window ``d = (δ_y + r)(2r + 1) + (δ_x + r)`` holds
-    ``x[j + δ]``: the map seen from the frame of a template shifted by ``δ`` (a strided view)."""
-    v = x_pad.unfold(-2, H, 1).unfold(-2, W, 1)  # (..., Dy, Dx, H, W)
-    return v.flatten(-4, -3)
+def _key(p):
+    """Cache key of a parameter: its value for a number; storage, layout and version for a tensor."""
+    if not isinstance(p, torch.Tensor):
+        return ("value", float(p))
+    return (p.data_ptr(), p._version, tuple(p.shape), p.stride(), p.dtype, p.device)
+
+
+def _constants(params: tuple, C: int, like: torch.Tensor) -> SimpleNamespace:
+    """Per-channel ``(C, 1)`` parameters and constants of the closed forms (see :func:`score_table`).
+
+    Cached: they are a few dozen tiny tensor operations per layer, which cost more than the arithmetic
+    on small maps. The key holds each tensor's storage and version counter (so in-place updates such as
+    ``Hierarchy.set_sigma0`` miss) and the entry holds the tensors themselves, so that their storage
+    cannot be reused by another tensor while cached.
+    """
+    try:
+        key = (C, like.dtype, like.device) + tuple(_key(p) for p in params)
+    except RuntimeError:  # inference-mode tensors have no version counter: compute every time
+        return _compute_constants(params, C, like)
+    hit = _CONSTANTS.get(key)
+    if hit is not None:
+        _CONSTANTS.move_to_end(key)
+        return hit[1]
+    k = _compute_constants(params, C, like)
+    _CONSTANTS[key] = (params, k)
+    if len(_CONSTANTS) > _CONSTANTS_SIZE:
+        _CONSTANTS.popitem(last=False)
+    return k
+
+
+def _compute_constants(params: tuple, C: int, like: torch.Tensor) -> SimpleNamespace:
+    sigma0, lam, beta, s1, s2 = params
+    s0 = torch.as_tensor(sigma0, dtype=like.dtype, device=like.device)
+    lam, beta, s1, s2 = (_per_channel(p, C, like) for p in (lam, beta, s1, s2))
+    k0 = -0.5 / (s0 * s0)
+    c = -0.5 / (s0 * s0 + s1 * s1)
+    h = 0.5 / (s2 * s2)
+    k = SimpleNamespace(
+        lam=lam, beta=beta, s1=s1, s2=s2, k0=k0, c=c, e=c - k0, k0c=k0 + 0.0 * lam,
+        w=1.0 / (1.0 + (s1 / s0) ** 2),                         # weight of f_bu in η
+        root=torch.sqrt(0.5 / (s0 * s0) + 0.5 / (s1 * s1)),     # sqrt(-(k0 + k1))
+        shared=-torch.log(s0) - math.log(2 * math.pi),
+        p0=k0 * torch.clamp(-lam, min=0.0) ** 2,                # P(0)
+        # α(x) = c x² - log σ1 - Q(x) with Q(x) = -h (x - β)² - log σ2: a quadratic A x² + B x + const.
+        h=h, A=c + h, B=-2.0 * h * beta, const=h * beta * beta + torch.log(s2) - torch.log(s1),
+        xhat_shift=2.0 * k0 * lam, log_s2_sum=torch.log(s2).sum(), flags=None, at0=None)
+    k.const_fast = k.const - k0 * lam * lam                     # the fast form's α'' = α - k0 λ²
+    k.p0_sum = k.p0.sum()
+    return k
+
+
+def _flags(k: SimpleNamespace) -> SimpleNamespace:
+    """Host-side facts about ``λ`` (read once per cached entry; only on the paths that may take the fast
+    form, so that CUDA does not synchronise)."""
+    if k.flags is None:
+        lam = k.lam
+        k.flags = SimpleNamespace(pos=bool((lam > 0).any()), nonzero=bool(lam.any()), max=float(lam.max()),
+                                  le0=bool((lam <= 0).all()))
+    return k.flags
+
+
+def _map_side(xf: torch.Tensor, k: SimpleNamespace, fast: bool) -> SimpleNamespace:
+    """The ``f_bu``-only arrays of :func:`score_table` for maps ``xf`` (N, C, S).
+
+    ``alpha``, ``x_hat``: ``α``, ``x̂`` (in the fast form ``Δ = α + x̂ f + e f²`` when ``fast``); ``b_x``: the
+    clamp term's map side (``None`` where it vanishes); ``r0 = relu(Δ(x, 0))``; ``q_sum = Σ_{c,i} Q(x)``.
+    """
+    # α is a quadratic in x per channel: two passes (Horner) instead of one pass per operation.
+    alpha = torch.addcmul(k.B, k.A, xf).mul_(xf).add_(k.const_fast if fast else k.const)
+    x_hat = torch.mul(xf, -2.0 * k.c)
+    if fast:
+        x_hat.add_(k.xhat_shift)
+    # Σ Q(x) from Σx and Σx² per channel: a per-image constant, the same for every hypothesis.
+    S = xf.shape[-1]
+    sx, sx2 = xf.sum(-1, keepdim=True), torch.linalg.vector_norm(xf, dim=-1, keepdim=True).square_()
+    q_sum = (-k.h * (sx2 - 2.0 * k.beta * sx + S * k.beta * k.beta)).sum((1, 2)) - S * k.log_s2_sum
+    if fast and not _flags(k).pos:
+        # With f ≥ λ: β(f) = (c - k0) f² + 2 k0 λ f - k0 λ², so Δ = α'' + x̂''·f + e·f² with α'' = α - k0 λ²;
+        # with λ ≤ 0 also P(0) = k0 λ² and Δ(x, 0) = α'' (its clamp term vanishes: x ≥ λ ≥ 0·(1-w) + λ·w).
+        return SimpleNamespace(q_sum=q_sum, alpha=alpha, x_hat=x_hat, b_x=None, r0=torch.clamp(alpha, min=0.0))
+    b_x = k.root * k.w * (xf - k.lam)                                                # clamp term, x side
+    raw = alpha + k.k0 * k.lam * k.lam if fast else alpha                           # α(x)
+    delta0 = raw - k.p0 - torch.clamp(k.root * (1.0 - k.w) * k.lam - b_x, min=0.0) ** 2   # Δ(x, 0)
+    return SimpleNamespace(q_sum=q_sum, alpha=alpha, x_hat=x_hat, b_x=b_x, r0=torch.clamp(delta0, min=0.0))
 
 
 def score_table(f_bu: torch.Tensor, components: torch.Tensor, radius: int, sigma0, lam, beta, sigma1,
@@ -89,16 +151,19 @@ def score_table(f_bu: torch.Tensor, components: torch.Tensor, radius: int, sigma
     ``v0(x) = v(x, 0)``, so a hypothesis scores
     ``Σ_i v0(x_i) + Σ_{j valid} [P(f_j) - P(0) + relu(Δ(x_{j+δ}, f_j)) - relu(Δ(x_{j+δ}, 0))]``: the shift
     moves the map instead of the component, only the component's cells inside the map are visited, and
-    everything but the ``relu(Δ)`` term is a sum over a rectangle or over one map. The ``relu(Δ)`` term
-    is the only per-element work: two multiply-adds, a ReLU and a sum per element on cache-sized
-    chunks, with no copy of the ``K·|Δ|`` shifted maps. ``clamp(x, f)`` (the on-branch maximiser pinned
-    at ``λ``) is zero whenever ``x ≥ λ`` and ``f ≥ λ``; that check (``fast=None``) is done on CPU only, so
-    that CUDA never synchronises here, and CUDA always takes the general formula (a few more passes).
+    everything but the ``relu(Δ)`` term is a sum over a rectangle or over one map. ``clamp(x, f)`` (the
+    on-branch maximiser pinned at ``λ``) is zero whenever ``x ≥ λ`` and ``f ≥ λ``, which leaves the fast
+    form ``Δ = α'' + x̂''·f + e·f²``. The ``relu(Δ)`` term is computed by :mod:`pyro_backpass.relu_sums`:
+    in the fast form mostly as matrix products (correlations) over cell classes, otherwise elementwise
+    on cache-sized chunks; neither copies the ``K·|Δ|`` shifted maps. Whether the fast form holds
+    (``fast=None``) is checked on CPU only, so that CUDA never synchronises here; CUDA always takes the
+    general formula (a few more passes).
 
     Exact up to floating-point reordering (checked against :func:`max_joint` on random inputs).
 
     :param torch.Tensor f_bu: (N, C, H, W).
-    :param torch.Tensor components: (P, N', K, C, H, W) unshifted top-down maps, ``N' ∈ {1, N}``.
+    :param torch.Tensor components: (P, N', K, C, H, W) unshifted top-down maps, ``N' ∈ {1, N}``
+        (non-contiguous ones are copied once).
     :param int radius: offsets ``[-r, r]²`` in the order of :func:`~pyro_backpass.specs.offsets_for_radius`.
     :param fast: force (``True``) or forbid (``False``) dropping the ``clamp`` term; ``None`` decides as above.
     :param bool nonnegative: the components are known to be ``>= 0`` (ReLU outputs), which saves a pass
@@ -106,115 +171,83 @@ def score_table(f_bu: torch.Tensor, components: torch.Tensor, radius: int, sigma
     :returns: (P, N, K, D) with ``D = (2r+1)²``.
     """
     x = f_bu
+    components = components.contiguous()
     P, Np, K, C, H, W = components.shape
     N = x.shape[0]
-    S, D, CS = H * W, (2 * radius + 1) ** 2, C * H * W
-    s0 = torch.as_tensor(sigma0, dtype=x.dtype, device=x.device)
-    lam, beta, s1, s2 = (_per_channel(p, C, x) for p in (lam, beta, sigma1, sigma2))
+    S, CS = H * W, C * H * W
+    cpu = x.device.type == "cpu"
+    k = _constants((sigma0, lam, beta, sigma1, sigma2), C, x)
+    lam = k.lam
     if fast is None:
-        fast = x.device.type == "cpu" and bool((x >= lam.unsqueeze(-1)).all()) and bool(
-            (lam <= 0).all() if nonnegative else (components >= lam.unsqueeze(-1)).all())
-    # Per-channel constants (C, 1): see the docstring.
-    w = 1.0 / (1.0 + (s1 / s0) ** 2)                       # weight of f_bu in η
-    k0 = -0.5 / (s0 * s0)
-    c = -0.5 / (s0 * s0 + s1 * s1)
-    root = torch.sqrt(0.5 / (s0 * s0) + 0.5 / (s1 * s1))  # sqrt(-(k0 + k1))
-    shared = -torch.log(s0) - math.log(2 * math.pi)
-    p0 = k0 * torch.clamp(-lam, min=0.0) ** 2               # P(0)
-
-    # Map side (N, C, S).
+        # x ≥ max λ settles "x ≥ λ" with one reduction; only otherwise compare per channel.
+        fast = cpu and (float(x.min()) >= _flags(k).max or bool((x >= lam.unsqueeze(-1)).all())) and (
+            _flags(k).le0 if nonnegative else bool((components >= lam.unsqueeze(-1)).all()))
     xf = x.reshape(N, C, S)
-    q = torch.sub(xf, beta).div_(s2).square_().mul_(-0.5).sub_(torch.log(s2))   # Q(x) = log N(x; β, σ2) + ½log2π
-    alpha = torch.mul(xf, c).mul_(xf).sub_(torch.log(s1)).sub_(q)             # α(x)
-    x_hat = torch.mul(xf, -2.0 * c)                                           # x̂
-    if fast and not bool((lam > 0).any()):
-        # With f ≥ λ: β(f) = (c - k0) f² + 2 k0 λ f - k0 λ², so Δ = α'' + x̂''·f + e·f²; with λ ≤ 0 also
-        # P(0) = k0 λ² and Δ(x, 0) = α - P(0) = α'' (its clamp term vanishes: x ≥ λ ≥ 0·(1-w) + λ·w).
-        b_x = None
-        alpha.sub_(p0)
-        x_hat.add_(2.0 * k0 * lam)
-        r0 = torch.clamp(alpha, min=0.0)
+    m = _map_side(xf, k, fast)
+    v0_total = m.q_sum + m.r0.sum((1, 2)) + S * k.p0_sum                              # Σ_i v0(x_i), (N,)
+    r0_w = window_sums(channel_sums(m.r0).reshape(N, H, W), radius)                   # Σ_{c, j valid} relu(Δ(x, 0))
+    M = None
+    if fast and cpu:
+        sq = _square_sums(components, radius, k, x)                                   # (P, N', K, 2, D)
+        p_t = sq[..., 0, :] if not _flags(k).nonzero else _component_sums(components, radius, k, fast, x)
+        lo = torch.clamp(lam, min=0.0) if nonnegative else lam
+        if k.at0 is None:  # Δ's coefficients at x = 0, per channel (the same for every call)
+            at0 = _map_side(xf.new_zeros(1, C, 1), k, True)
+            k.at0 = (at0.alpha.reshape(C, 1), at0.x_hat.reshape(C, 1))
+        M = split_relu_sums(m.alpha, m.x_hat, xf, k.e, lo, *k.at0, components, radius, sq[..., 1, :])
     else:
-        b_x = root * w * (xf - lam)                                           # clamp term, x side
-        delta0 = alpha - p0 - torch.clamp(root * (1.0 - w) * lam - b_x, min=0.0) ** 2   # Δ(x, 0)
-        r0 = torch.clamp(delta0, min=0.0)
-        if fast:
-            alpha = alpha - k0 * lam * lam
-            x_hat = x_hat + 2.0 * k0 * lam
-    v0_total = q.sum((1, 2)) + r0.sum((1, 2)) + S * p0.sum()                 # Σ_i v0(x_i), (N,)
-    r0 = r0.sum(1).reshape(N, 1, H, W)                                        # Σ_c relu(Δ(x, 0))
-    if fast:
-        e = (c - k0).expand(C, S).reshape(CS)
+        p_t = _component_sums(components, radius, k, fast, x)                         # (P, N', K, D)
+    if M is None:
+        M = _dense(m, components, radius, k, fast)
+    return M + p_t - r0_w.unsqueeze(1) + (v0_total + CS * k.shared).reshape(N, 1, 1)
 
-    # Windows of the map for every offset (N, D, C·S); outside the map α = -inf so relu(Δ) = 0 there.
-    def win(t, fill, slot):
+
+def _square_sums(components, radius: int, k, like) -> torch.Tensor:
+    """``Σ_{c, j valid} w_c f_j²`` for ``w = k0`` (the component sums of :func:`_component_sums` when
+    ``λ = 0``) and ``w = e`` (the split's ``e_term``), from one pass over the squares: (P, N', K, 2, D)."""
+    P, Np, K, C, H, W = components.shape
+    wts = torch.cat([k.k0c, k.e], 1)                                                    # (C, 2)
+    if not radius:
+        sq = torch.linalg.vector_norm(components, dim=(-2, -1)).square_()              # (P, N', K, C)
+        return (sq @ wts).unsqueeze(-1)
+    per_cell = torch.matmul(wts.T, components.reshape(P, Np, K, C, H * W).square())    # (P, N', K, 2, S)
+    return per_cell @ _window_masks(H, W, radius, like).T
+
+
+def _component_sums(components, radius: int, k, fast: bool, like) -> torch.Tensor:
+    """``Σ_{c, j valid} [P(f_j) - P(0)]`` for every component and offset: (P, N', K, D)."""
+    P, Np, K, C, H, W = components.shape
+    f = components.reshape(P, Np, K, C, H * W)
+    if fast and not _flags(k).nonzero and not radius:
+        fr = f.reshape(P, Np, K, 1, C * H * W)
+        return (fr @ fr.transpose(-1, -2)).reshape(P, Np, K, 1).mul_(k.k0)            # Σ f² as a dot product
+    if fast and not _flags(k).nonzero:
+        p_sum = (f * f).sum(3).mul_(k.k0)                                             # (P, N', K, S)
+    else:
+        p_sum = (k.k0 * torch.clamp(f - k.lam, min=0.0) ** 2 - k.p0).sum(3)
+    return p_sum @ _window_masks(H, W, radius, like).T if radius else p_sum.sum(-1, keepdim=True)
+
+
+def _dense(m, components, radius: int, k, fast: bool) -> torch.Tensor:
+    """``M`` by the elementwise loop of :func:`~pyro_backpass.relu_sums.dense_relu_sums`: (P, N, K, D)."""
+    P, Np, K, C, H, W = components.shape
+    N, S, CS = m.alpha.shape[0], H * W, C * H * W
+    slots = iter(range(2, 5))
+
+    def side(t, fill=0.0):  # a map-side array in every offset's window, cells flattened: (N, D, C·S)
         if not radius:
             return t.reshape(N, 1, CS)
-        t = F.pad(t.reshape(N, C, H, W), (radius,) * 4, value=fill)
-        out = _scratch(x, slot, N * D * CS)[: N * D * CS].view(N, D, C, H, W)
-        return out.copy_(_windows(t, H, W).transpose(1, 2)).view(N, D, CS)
+        return stacked_windows(t.reshape(N, C, H, W), radius, fill, slot=next(slots))
 
-    alpha_w, xhat_w = win(alpha, -math.inf, 2), win(x_hat, 0.0, 3)
-    bx_w = None if fast else win(b_x, 0.0, 4)
-    r0_w = (_windows(F.pad(r0, (radius,) * 4), H, W).sum((-2, -1)).reshape(N, D) if radius
-            else r0.sum((-3, -2, -1)).reshape(N, 1))
+    def const(t):  # a per-channel constant per cell: (C·S,)
+        return t.expand(C, S).reshape(CS)
 
-    # Component side: Σ_c [P(f) - P(0)] per cell, then summed over the cells inside the map per offset.
-    f = components.reshape(P, Np, K, C, S)
-    ef2 = None
-    if fast and not bool(lam.any()):
-        if radius:
-            f2 = f * f
-            p_sum = f2.sum(3).mul_(k0)                                        # (P, N', K, S)
-            ef2 = f2.reshape(P, Np, K, CS).mul_(e)                            # e·f², reused by every offset
-        else:
-            fr = f.reshape(P, Np, K, 1, CS)
-            p_sum = (fr @ fr.transpose(-1, -2)).reshape(P, Np, K, 1).mul_(k0)  # Σ f² as a dot product
-    else:
-        p_sum = (k0 * torch.clamp(f - lam, min=0.0) ** 2 - p0).sum(3)
-    p_t = p_sum @ _window_masks(H, W, radius, x).T if radius else p_sum.sum(-1, keepdim=True)  # (P, N', K, D)
-    f = f.reshape(P, Np, K, CS)
+    # Outside the map α = -inf, so relu(Δ) = 0 there.
+    alpha_w, xhat_w, f = side(m.alpha, -math.inf), side(m.x_hat), components.reshape(P, Np, K, CS)
     if fast:
-        if D > 1 and ef2 is None:
-            ef2 = torch.mul(f, e).mul_(f)
-    else:
-        fl = components.reshape(P, Np, K, C, S)
-        beta_f = (c * fl * fl - k0 * torch.clamp(fl - lam, min=0.0) ** 2).reshape(P, Np, K, CS)  # β(f)
-        a_f = (root * (1.0 - w) * (lam - fl)).reshape(P, Np, K, CS)                              # clamp, f side
-
-    # Σ relu(Δ) over (c, j) for every (p, n, d, k), in chunks of about CHUNK_ELEMENTS.
-    M = x.new_zeros(P, N, D, K)
-    chunk = CHUNK_ELEMENTS if x.device.type == "cpu" else CHUNK_ELEMENTS_CUDA
-    cb = min(CS, max(1, chunk // K))
-    db = min(D, max(1, chunk // (K * cb)))
-    nb = min(N, max(1, chunk // (K * cb * db)))
-    buf = _scratch(x, 0, nb * db * K * cb)
-    tmp = _scratch(x, 1, nb * db * K * cb) if (not fast or D == 1) else None
-    for p in range(P):
-        for n0 in range(0, N, nb):
-            n1 = min(N, n0 + nb)
-            fn = slice(n0, n1) if Np > 1 else slice(0, 1)
-            for d0 in range(0, D, db):
-                d1 = min(D, d0 + db)
-                for c0 in range(0, CS, cb):
-                    c1 = min(CS, c0 + cb)
-                    shape = (n1 - n0, d1 - d0, K, c1 - c0)
-                    z = buf[: math.prod(shape)].view(shape)
-                    fk = f[p, fn, None, :, c0:c1]                            # (n|1, 1, K, cb)
-                    a_w, x_w = alpha_w[n0:n1, d0:d1, None, c0:c1], xhat_w[n0:n1, d0:d1, None, c0:c1]
-                    if fast and D == 1:
-                        u = tmp[: z.numel()].view(shape)
-                        torch.addcmul(x_w, e[c0:c1], fk, out=u)              # x̂'' + e·f
-                        torch.addcmul(a_w, u, fk, out=z)                     # α'' + f·(x̂'' + e·f)
-                    elif fast:
-                        torch.addcmul(a_w, x_w, fk, out=z).add_(ef2[p, fn, None, :, c0:c1])
-                    else:
-                        torch.addcmul(a_w, x_w, fk, out=z).add_(beta_f[p, fn, None, :, c0:c1])
-                        u = tmp[: z.numel()].view(shape)
-                        torch.sub(a_f[p, fn, None, :, c0:c1], bx_w[n0:n1, d0:d1, None, c0:c1], out=u)
-                        z.sub_(u.clamp_(min=0.0).square_())
-                    M[p, n0:n1, d0:d1] += z.clamp_(min=0.0).sum(-1)
-    return M.transpose(-1, -2) + p_t - r0_w.unsqueeze(1) + (v0_total + CS * shared).reshape(N, 1, 1)
+        return dense_relu_sums(alpha_w, xhat_w, f, const(k.e))
+    general = (const(k.c), const(k.k0c), const(k.lam), const(k.root * (1.0 - k.w)), side(m.b_x))
+    return dense_relu_sums(alpha_w, xhat_w, f, const(k.e), general=general)
 
 
 def score_hypotheses(f_bu: torch.Tensor, components: torch.Tensor, radius: int, index: tuple[torch.Tensor, ...],

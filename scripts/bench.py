@@ -4,7 +4,9 @@
 
 Every flag is a field of :class:`pyro_backpass.experiments.bench.BenchConfig` (see its docstring and
 the module's for what each number means). Writes ``DIR/metrics.json`` and ``DIR/config.json`` and
-prints a table. ``--quick`` alone (no value) turns on the smoke mode.
+prints a table. ``--quick`` alone (no value) turns on the smoke mode. On CPU with one thread (the
+default) times are process CPU time, so that other jobs on a shared machine do not count; the load
+average at the start and end of the run is recorded beside them.
 """
 
 from __future__ import annotations

@@ -58,3 +58,15 @@ def test_layer_loop_has_no_host_device_sync():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert msngr.get_result().total.device.type == "cuda"
+
+
+def test_polyphase_components_on_cuda_match_cpu():
+    from pyro_backpass.topdown import TopDownConv
+
+    torch.manual_seed(0)
+    m = TopDownConv(8, 4, 5, (12, 12), upsample="nearest").double()
+    x = torch.relu(torch.randn(3, 8, 6, 6, dtype=torch.float64))
+    with torch.no_grad():
+        cpu = m.components(x)
+        gpu = m.cuda().components(x.cuda())
+    torch.testing.assert_close(gpu.cpu(), cpu)

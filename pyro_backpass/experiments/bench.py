@@ -1,25 +1,28 @@
-"""Speed of the backward pass against its compute floor, a naive loop and exact enumeration (issue: bench).
+"""Speed of the backward pass against its compute floor, a naive loop and exact enumeration (issue 6).
 
 ``python -m scripts.bench --out DIR [--device cpu|cuda] [--quick]`` builds a :class:`BenchConfig` and
-calls :func:`run_bench`, which measures everything in one process on one machine, each number the
-median of ``repeats`` timed runs after ``warmup`` untimed ones (CUDA is synchronised around each):
+calls :func:`run_bench`, which measures everything in one process, each number the median of
+``repeats`` timed runs after ``warmup`` untimed ones, numbers compared in a ratio timed interleaved
+(:mod:`~pyro_backpass.experiments.timing`; ``clock`` says whether wall or process CPU time):
 
 - **SmallVGG geometry** (the default :class:`~pyro_backpass.backbones.small_vgg.SmallVGG` layers at
   ``input_size``, ``K`` on every layer and ``K_top`` on pool3, offsets by
   :func:`~pyro_backpass.specs.with_mixture`, random parameters, ``F_bu`` = the activations of a random
-  SmallVGG on random images): ``ms_backward`` (one image, greedy pass through the handler);
-  ``ms_floor`` (the top-down convolutions alone for all γ of every layer: nearest ×2 upsampling where
-  the hierarchy has it, then one convolution with ``K·C_l`` outputs, on ``F_td`` of the layer above,
-  in whichever of the contiguous or channels-last layouts is faster for that layer; no ReLU, no
-  scoring; the top layer has templates, not a convolution, so it adds nothing; timed interleaved
-  with the pass, one of each per round);
-  ``backward_over_floor``; ``ms_naive`` (``scripts/naive_greedy.py``: Python loops over γ and δ that
-  recompute each convolution) and ``speedup_vs_naive`` (against the fast pass timed interleaved with
-  it, ``ms_backward_beside_naive``), with ``naive_agrees`` (identical ``H``);
-  ``images_per_s`` keyed by batch size; ``peak_mb``.
+  SmallVGG on random images): ``ms_backward`` (one image, greedy pass through the handler); ``ms_floor``
+  (the top-down convolutions alone, :func:`~pyro_backpass.experiments.floor.floor_fn`) and
+  ``backward_over_floor``; ``ms_floor_polyphase`` and ``backward_over_floor_polyphase`` (the floor with
+  the upsampling layers convolved as the pass does); ``ms_naive`` (``scripts/naive_greedy.py``: Python
+  loops over γ and δ recomputing each convolution) and ``speedup_vs_naive`` (against the fast pass
+  timed interleaved with it), with ``naive_agrees`` (identical ``H``); ``images_per_s`` keyed by
+  batch size (``threads`` threads, ``clock``), ``batch_gain`` (largest batch over batch 1) and
+  ``images_per_s_all_threads`` (the machine's threads, wall clock); ``peak_mb``.
+- **Trained-like observation parameters** on the same geometry (``σ0 = 0.3``, ``σ1 = 0.6``,
+  ``σ2 = 0.3``, ``β = 0.3``, ``λ = 0``, each times the layer's RMS activation; ``σ1 ≈ 2σ0`` and ``λ`` near 0
+  as DESIGN §9 measured): ``ms_backward_mixed``, ``mixed_over_floor``, ``naive_agrees_mixed``. With the
+  random parameters above the on branch wins at every map cell for every component, which the scorer
+  turns into matrix products; here it does so at 25-55% of the cells, as in a trained model.
 - **Toy hierarchy** of the exact-vs-greedy script (``ExactVsGreedyConfig`` defaults, moderate
-  setting, float64, one clean scene): ``ms_greedy``, ``ms_infer_discrete`` and
-  ``speedup_vs_infer_discrete``.
+  setting, float64, one clean scene): ``ms_greedy``, ``ms_infer_discrete``, ``speedup_vs_infer_discrete``.
 - **VGG16 geometry** (torchvision VGG16 with random weights, 224×224, ``K=500`` at pool5 and 5
   elsewhere, the paper's offsets): ``ms_backward_vgg16`` (one image); on CUDA also
   ``images_per_s_vgg16`` at batch ``vgg16_batch`` with TF32 convolutions.
@@ -30,24 +33,21 @@ arguments (``scripts/bench.py`` wires them in).
 
 from __future__ import annotations
 
-import os
-import platform
-import resource
-import statistics
-import time
+import copy
+import dataclasses
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..backbones.small_vgg import SmallVGG, SmallVGGConfig
-from ..hierarchy import Hierarchy, random_hierarchy
+from ..hierarchy import random_hierarchy
 from ..inference import backward_pass
 from ..specs import with_mixture
-from ..topdown import TopDownConv
 from .exact_vs_greedy import ExactVsGreedyConfig, build_settings, sample_scene
+from .floor import floor_fn
+from .timing import interleaved_ms, load_average, machine, peak_mb, time_ms
 
-__all__ = ["BenchConfig", "run_bench", "time_ms", "interleaved_ms", "floor_fn", "floor_ms", "format_table"]
+__all__ = ["BenchConfig", "run_bench", "trained_like", "format_table"]
 
 
 @dataclass(frozen=True)
@@ -57,13 +57,14 @@ class BenchConfig:
     :param str out: run folder (``metrics.json``, ``config.json``).
     :param str device: ``"cpu"`` or ``"cuda"``.
     :param bool quick: a smoke run: small input, fewer repeats, no VGG16 (numbers are not the claim).
-    :param int threads: torch intra-op threads (0 keeps torch's default). One thread by default: on a
-        shared 2-core machine a second thread mostly waits for the other processes, and ratios
-        measured side by side are what matter.
-    :param int repeats: timed runs per number (median); ``warmup`` untimed runs before them. Numbers
-        compared in a ratio are timed interleaved (one run of each per round).
+    :param int threads: torch intra-op threads (0 keeps torch's default). One by default: on a shared
+        2-core machine a second thread mostly waits for the other processes.
+    :param str clock: ``"cpu"`` (process CPU time), ``"wall"``, or ``"auto"``: CPU time for one thread on
+        CPU (what the run takes on an idle machine, whatever else is running), wall time otherwise.
+    :param int repeats: timed runs per number (median); ``warmup`` untimed runs before them.
     :param int naive_repeats: timed runs of the (slow) naive pass.
     :param tuple batch_sizes: batch sizes of ``images_per_s``.
+    :param bool all_threads: also time the batches with the machine's threads (wall clock).
     """
 
     out: str = "runs/bench"
@@ -71,6 +72,7 @@ class BenchConfig:
     quick: bool = False
     seed: int = 0
     threads: int = 1
+    clock: str = "auto"
     input_size: int = 96
     K: int = 5
     K_top: int = 48
@@ -79,6 +81,8 @@ class BenchConfig:
     naive_repeats: int = 2
     batch_sizes: tuple[int, ...] = (1, 8, 32)
     batch_repeats: int = 3
+    all_threads: bool = True
+    mixed: bool = True
     toy: bool = True
     naive: bool = True
     vgg16: bool = True
@@ -89,6 +93,8 @@ class BenchConfig:
     def __post_init__(self):
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device: expected 'cpu' or 'cuda', got {self.device!r}")
+        if self.clock not in ("auto", "cpu", "wall"):
+            raise ValueError(f"clock: expected 'auto', 'cpu' or 'wall', got {self.clock!r}")
         for name in ("repeats", "naive_repeats", "batch_repeats", "vgg16_repeats", "K", "K_top", "vgg16_K_top",
                      "vgg16_batch"):
             if getattr(self, name) < 1:
@@ -102,109 +108,13 @@ class BenchConfig:
         """The config actually run: ``quick`` shrinks the geometry and the repeats."""
         if not self.quick:
             return self
-        import dataclasses
         return dataclasses.replace(self, input_size=32, K_top=8, repeats=2, warmup=1, naive_repeats=1,
                                    batch_sizes=tuple(b for b in self.batch_sizes if b <= 8) or (1,),
-                                   batch_repeats=1, vgg16=False)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_ms(fn, repeats: int, warmup: int, device: torch.device) -> float:
-    """Median wall time of ``fn()`` in ms over ``repeats`` runs after ``warmup`` untimed runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(1000.0 * (time.perf_counter() - t0))
-    return statistics.median(times)
-
-
-def _conv_input(module: TopDownConv, upper: torch.Tensor) -> torch.Tensor:
-    if module.upsample == "nearest" and tuple(upper.shape[-2:]) != module.out_size:
-        return F.interpolate(upper, size=module.out_size, mode="nearest")
-    return upper
-
-
-def floor_fn(hierarchy: Hierarchy, uppers: list[torch.Tensor], repeats: int = 3):
-    """A callable running the top-down convolutions alone for all γ of every layer (see the module
-    docstring), each layer in whichever memory layout was faster for it in a short trial.
-
-    :param list uppers: per layer ``l``, the map ``F^{l+1}_td`` (N, C_{l+1}, H, W) its convolution reads.
-    """
-    device = hierarchy.device
-    steps = []
-    with torch.no_grad():
-        for l, module in enumerate(hierarchy.topdown):
-            if not isinstance(module, TopDownConv):
-                continue
-            best = None
-            for fmt in (torch.contiguous_format, torch.channels_last):
-                x = uppers[l].contiguous(memory_format=fmt)
-                w = module.weight.contiguous(memory_format=fmt)
-                if module.upsample == "transposed":
-                    def step(x=x, w=w, m=module):
-                        return F.conv_transpose2d(x, w, m.bias, stride=2, padding=1)
-                else:
-                    def step(x=x, w=w, m=module):
-                        return F.conv2d(_conv_input(m, x), w, m.bias, padding=m.kernel_size // 2)
-                ms = time_ms(step, repeats, 1, device)
-                if best is None or ms < best[0]:
-                    best = (ms, step)
-            steps.append(best[1])
-
-    def all_layers():
-        with torch.no_grad():
-            for step in steps:
-                step()
-
-    return all_layers
-
-
-def floor_ms(hierarchy: Hierarchy, uppers: list[torch.Tensor], repeats: int, warmup: int) -> float:
-    """Median time of :func:`floor_fn`."""
-    return time_ms(floor_fn(hierarchy, uppers), repeats, warmup, hierarchy.device)
-
-
-def interleaved_ms(fns: dict, repeats: int, warmup: int, device: torch.device) -> dict:
-    """Median times of several callables run in turn, one of each per round, so that a busy machine
-    slows them alike; ``{name: median ms}``."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            times[k].append(1000.0 * (time.perf_counter() - t0))
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def _peak_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
+                                   batch_repeats=1, all_threads=False, vgg16=False)
 
 
 def _same_hidden(a: dict, b: dict) -> bool:
     return all(torch.equal(a[k].reshape(-1).cpu(), b[k].reshape(-1).cpu()) for k in b)
-
-
-def _smallvgg_geometry(cfg: BenchConfig, device: torch.device):
-    backbone = SmallVGG(SmallVGGConfig(input_size=cfg.input_size, seed=cfg.seed)).to(device).eval()
-    specs = with_mixture(backbone.layer_specs(), K=cfg.K, K_top=cfg.K_top)
-    hierarchy = random_hierarchy(specs, n_categories=1, seed=cfg.seed).to(device)
-    return backbone, hierarchy
 
 
 def _activations(backbone, n: int, size: int, seed: int, device: torch.device) -> list[torch.Tensor]:
@@ -212,6 +122,20 @@ def _activations(backbone, n: int, size: int, seed: int, device: torch.device) -
     images = torch.rand(n, 3, size, size, generator=g).to(device)
     with torch.no_grad():
         return [a.contiguous() for a in backbone.activations(images)]
+
+
+def trained_like(hierarchy, f_bu: list[torch.Tensor]):
+    """A copy of ``hierarchy`` with the trained-like observation parameters of the module docstring."""
+    h = copy.deepcopy(hierarchy)
+    rms = [float(x.pow(2).mean().sqrt()) for x in f_bu]
+    for l, s in enumerate(rms):
+        h.set_observation(l, lam=0.0, beta=0.3 * s, sigma1=0.6 * s, sigma2=0.3 * s)
+    h.set_sigma0([0.3 * s for s in rms])
+    return h
+
+
+def _images_per_s(pass_fn, f_bu: dict, repeats: int, device, kind: str) -> dict:
+    return {str(b): 1000.0 * b / time_ms(lambda m=m: pass_fn(m), repeats, 1, device, kind) for b, m in f_bu.items()}
 
 
 def run_bench(cfg: BenchConfig, model, naive_greedy=None, toy_hierarchy=None, toy_specs=None,
@@ -222,9 +146,10 @@ def run_bench(cfg: BenchConfig, model, naive_greedy=None, toy_hierarchy=None, to
     :param naive_greedy: ``(hierarchy, f_bu) -> (hidden, total)``, the naive pass (skipped if ``None``).
     :param toy_hierarchy: ``models.toy.toy_hierarchy``; ``toy_specs``: ``models.toy.toy_specs``;
         ``map_infer_discrete``: ``guides.exact.map_infer_discrete`` (toy part skipped if any is ``None``).
-    :param vgg16_cls: the VGG16 backbone class (``pyro_backpass.backbones.vgg16.VGG16``); skipped if ``None``.
+    :param vgg16_cls: the VGG16 backbone class (``pyro_backpass.backbones.vgg16.VGG16Backbone``).
     """
     cfg = cfg.resolved()
+    default_threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -235,98 +160,113 @@ def run_bench(cfg: BenchConfig, model, naive_greedy=None, toy_hierarchy=None, to
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
         torch.cuda.reset_peak_memory_stats(device)
-    metrics: dict = {"device": cfg.device, "machine": _machine(device), "threads": torch.get_num_threads()}
+    kind = cfg.clock if cfg.clock != "auto" else ("cpu" if device.type == "cpu" and torch.get_num_threads() == 1
+                                                  else "wall")
+    metrics: dict = {"device": cfg.device, "machine": machine(device), "threads": torch.get_num_threads(),
+                     "clock": kind, "load_average_start": load_average()}
+
+    def timed(fns: dict, repeats: int, warmup: int) -> dict:
+        return interleaved_ms(fns, repeats, warmup, device, kind)
 
     # ---- SmallVGG geometry
-    backbone, h = _smallvgg_geometry(cfg, device)
+    backbone = SmallVGG(SmallVGGConfig(input_size=cfg.input_size, seed=cfg.seed)).to(device).eval()
+    h = random_hierarchy(with_mixture(backbone.layer_specs(), K=cfg.K, K_top=cfg.K_top), n_categories=1,
+                         seed=cfg.seed).to(device)
     metrics["geometry"] = [f"{s.name}:{s.channels}x{s.height}x{s.width} K={s.K} r={s.offset_radius}" for s in h.specs]
     f_bu = {b: _activations(backbone, b, cfg.input_size, cfg.seed + b, device) for b in cfg.batch_sizes}
     one = f_bu[1] if 1 in f_bu else _activations(backbone, 1, cfg.input_size, cfg.seed + 1, device)
 
-    def backward(maps):
-        return backward_pass(model, h, maps)
+    def backward(maps, hierarchy=h):
+        return backward_pass(model, hierarchy, maps)
 
     res = backward(one)
     uppers = [x[0] for x in res.f_td[1:]] + [None]
     progress("timing the floor and the backward pass (batch 1), side by side")
-    # Floor and pass interleaved, one of each per round, so that a busy machine slows both alike.
-    ms = interleaved_ms({"floor": floor_fn(h, uppers), "backward": lambda: backward(one)}, cfg.repeats,
-                        cfg.warmup, device)
-    metrics["ms_floor"], metrics["ms_backward"] = ms["floor"], ms["backward"]
-    metrics["backward_over_floor"] = metrics["ms_backward"] / metrics["ms_floor"]
-    ips = {}
-    for b in cfg.batch_sizes:
-        progress(f"timing batch {b}")
-        ms = time_ms(lambda b=b: backward(f_bu[b]), cfg.batch_repeats, 1, device)
-        ips[str(b)] = 1000.0 * b / ms
-    metrics["images_per_s"] = ips
-    if "1" in ips and str(max(cfg.batch_sizes)) in ips:
-        metrics["batch_gain"] = ips[str(max(cfg.batch_sizes))] / ips["1"]
-    metrics["peak_mb"] = _peak_mb(device)
+    ms = timed({"floor": floor_fn(h, uppers, kind=kind), "floor_polyphase": floor_fn(h, uppers, polyphase=True,
+                                                                                      kind=kind),
+                "backward": lambda: backward(one)}, cfg.repeats, cfg.warmup)
+    metrics["ms_floor"], metrics["ms_floor_polyphase"] = ms["floor"], ms["floor_polyphase"]
+    metrics["ms_backward"] = ms["backward"]
+    metrics["backward_over_floor"] = ms["backward"] / ms["floor"]
+    metrics["backward_over_floor_polyphase"] = ms["backward"] / ms["floor_polyphase"]
+    progress(f"timing batches {list(cfg.batch_sizes)}")
+    metrics["images_per_s"] = _images_per_s(backward, f_bu, cfg.batch_repeats, device, kind)
+    largest = str(max(cfg.batch_sizes))
+    if "1" in metrics["images_per_s"] and largest != "1":
+        metrics["batch_gain"] = metrics["images_per_s"][largest] / metrics["images_per_s"]["1"]
+    if cfg.all_threads and device.type == "cpu" and default_threads != torch.get_num_threads():
+        progress(f"timing batches with the machine's {default_threads} threads (wall clock)")
+        torch.set_num_threads(default_threads)
+        metrics["images_per_s_all_threads"] = _images_per_s(backward, f_bu, cfg.batch_repeats, device, "wall")
+        torch.set_num_threads(metrics["threads"])
+    metrics["peak_mb"] = peak_mb(device)
+    del f_bu
 
     if cfg.naive and naive_greedy is not None:
         progress("timing the naive pass")
-        hidden, _ = naive_greedy(h, one)
-        metrics["naive_agrees"] = _same_hidden(res.best(), hidden)
-        ms = interleaved_ms({"naive": lambda: naive_greedy(h, one), "backward": lambda: backward(one)},
-                            cfg.naive_repeats, 0, device)
+        metrics["naive_agrees"] = _same_hidden(res.best(), naive_greedy(h, one)[0])
+        ms = timed({"naive": lambda: naive_greedy(h, one), "backward": lambda: backward(one)}, cfg.naive_repeats, 0)
         metrics["ms_naive"], metrics["ms_backward_beside_naive"] = ms["naive"], ms["backward"]
-        metrics["speedup_vs_naive"] = metrics["ms_naive"] / metrics["ms_backward_beside_naive"]
+        metrics["speedup_vs_naive"] = ms["naive"] / ms["backward"]
+
+    if cfg.mixed:
+        progress("timing the pass with trained-like observation parameters")
+        hm = trained_like(h, one)
+        ms = timed({"floor": floor_fn(h, uppers, kind=kind), "mixed": lambda: backward(one, hm)}, cfg.repeats,
+                   cfg.warmup)
+        metrics["ms_backward_mixed"], metrics["mixed_over_floor"] = ms["mixed"], ms["mixed"] / ms["floor"]
+        if naive_greedy is not None:
+            metrics["naive_agrees_mixed"] = _same_hidden(backward(one, hm).best(), naive_greedy(hm, one)[0])
 
     # ---- toy hierarchy of the exact-vs-greedy script
     if cfg.toy and None not in (toy_hierarchy, toy_specs, map_infer_discrete):
         progress("timing greedy against infer_discrete on the toy hierarchy")
-        ecfg = ExactVsGreedyConfig()
-        toy = build_settings(ecfg, toy_hierarchy, toy_specs, cfg.seed)["moderate"].to(device)
-        maps, _ = sample_scene(model, toy.cpu(), "clean", cfg.seed)
-        toy = toy.to(device)
-        maps = [x.to(device) for x in maps]
-        ms = interleaved_ms({"greedy": lambda: backward_pass(model, toy, maps),
-                             "infer_discrete": lambda: map_infer_discrete(model, toy, maps)}, cfg.repeats,
-                            cfg.warmup, device)
+        toy = build_settings(ExactVsGreedyConfig(), toy_hierarchy, toy_specs, cfg.seed)["moderate"]
+        maps, _ = sample_scene(model, toy, "clean", cfg.seed)
+        toy, maps = toy.to(device), [x.to(device) for x in maps]
+        ms = timed({"greedy": lambda: backward_pass(model, toy, maps),
+                    "infer_discrete": lambda: map_infer_discrete(model, toy, maps)}, cfg.repeats, cfg.warmup)
         metrics["ms_greedy"], metrics["ms_infer_discrete"] = ms["greedy"], ms["infer_discrete"]
-        metrics["speedup_vs_infer_discrete"] = metrics["ms_infer_discrete"] / metrics["ms_greedy"]
+        metrics["speedup_vs_infer_discrete"] = ms["infer_discrete"] / ms["greedy"]
 
     # ---- VGG16 geometry
     if cfg.vgg16 and vgg16_cls is not None:
         progress("timing the VGG16 geometry")
-        del f_bu, res
         vgg = vgg16_cls(input_size=224).to(device).eval()
-        specs = with_mixture(vgg.layer_specs(), K=cfg.K, K_top=cfg.vgg16_K_top)
-        hv = random_hierarchy(specs, n_categories=1, seed=cfg.seed).to(device)
+        hv = random_hierarchy(with_mixture(vgg.layer_specs(), K=cfg.K, K_top=cfg.vgg16_K_top), n_categories=1,
+                              seed=cfg.seed).to(device)
         maps = _activations(vgg, 1, 224, cfg.seed, device)
-        metrics["ms_backward_vgg16"] = time_ms(lambda: backward_pass(model, hv, maps), cfg.vgg16_repeats, 1, device)
+        metrics["ms_backward_vgg16"] = time_ms(lambda: backward_pass(model, hv, maps), cfg.vgg16_repeats, 1, device,
+                                               kind)
         if device.type == "cuda":
             maps = _activations(vgg, cfg.vgg16_batch, 224, cfg.seed, device)
-            ms = time_ms(lambda: backward_pass(model, hv, maps), cfg.vgg16_repeats, 1, device)
+            ms = time_ms(lambda: backward_pass(model, hv, maps), cfg.vgg16_repeats, 1, device, kind)
             metrics["images_per_s_vgg16"] = 1000.0 * cfg.vgg16_batch / ms
-            metrics["peak_mb_vgg16"] = _peak_mb(device)
+            metrics["peak_mb_vgg16"] = peak_mb(device)
+    metrics["load_average_end"] = load_average()
     return metrics
 
 
-def _machine(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}; torch {torch.__version__}"
-    return (f"CPU; {platform.platform()}; {platform.processor() or platform.machine()}; {os.cpu_count()} logical "
-            f"CPUs; torch {torch.__version__} with {torch.get_num_threads()} threads")
-
-
-_ROWS = [("ms_backward", "ms"), ("ms_floor", "ms"), ("backward_over_floor", "x"), ("ms_naive", "ms"),
-         ("speedup_vs_naive", "x"), ("naive_agrees", ""), ("peak_mb", "MB"), ("ms_greedy", "ms"),
-         ("ms_infer_discrete", "ms"), ("speedup_vs_infer_discrete", "x"), ("ms_backward_vgg16", "ms"),
-         ("images_per_s_vgg16", "img/s")]
+_ROWS = [("ms_backward", "ms"), ("ms_floor", "ms"), ("backward_over_floor", "x"), ("ms_floor_polyphase", "ms"),
+         ("backward_over_floor_polyphase", "x"), ("ms_naive", "ms"), ("ms_backward_beside_naive", "ms"),
+         ("speedup_vs_naive", "x"), ("naive_agrees", ""), ("ms_backward_mixed", "ms"), ("mixed_over_floor", "x"),
+         ("naive_agrees_mixed", ""), ("peak_mb", "MB"), ("ms_greedy", "ms"), ("ms_infer_discrete", "ms"),
+         ("speedup_vs_infer_discrete", "x"), ("ms_backward_vgg16", "ms"), ("images_per_s_vgg16", "img/s")]
 
 
 def format_table(metrics: dict) -> str:
     """The metrics as a two-column text table."""
-    lines = [f"{'metric':<28} value", "-" * 44]
+    lines = [f"{'metric':<30} value", "-" * 46]
     for key, unit in _ROWS:
         if key in metrics:
             v = metrics[key]
-            lines.append(f"{key:<28} {v:.3f} {unit}" if isinstance(v, float) else f"{key:<28} {v}")
-    for b, v in metrics.get("images_per_s", {}).items():
-        lines.append(f"{'images_per_s[' + b + ']':<28} {v:.2f} img/s")
+            lines.append(f"{key:<30} {v:.3f} {unit}" if isinstance(v, float) else f"{key:<30} {v}")
+    for group in ("images_per_s", "images_per_s_all_threads"):
+        for b, v in metrics.get(group, {}).items():
+            lines.append(f"{group + '[' + b + ']':<30} {v:.2f} img/s")
     if "batch_gain" in metrics:
-        lines.append(f"{'batch_gain':<28} {metrics['batch_gain']:.2f} x")
+        lines.append(f"{'batch_gain':<30} {metrics['batch_gain']:.2f} x")
+    lines.append(f"clock: {metrics.get('clock', '?')}; threads: {metrics.get('threads', '?')}; load average "
+                 f"{metrics.get('load_average_start')} -> {metrics.get('load_average_end')}")
     lines.append(f"machine: {metrics.get('machine', '?')}")
     return "\n".join(lines)

@@ -110,6 +110,7 @@ class GreedyMessenger(Messenger):
         self._scores: list[torch.Tensor] = []
         self._layers: list[int] = []
         self._state: dict | None = None
+        self._collapsed: dict = {}
 
     def __enter__(self):
         self._reset_pass()
@@ -120,6 +121,11 @@ class GreedyMessenger(Messenger):
         if self._state is None:
             raise RuntimeError("get_result: no pass has reached a layer_end under this handler yet")
         total = self._total
+        if total.shape[0] == 1:
+            # One entry per image: nothing to sort, and gathering would copy every map of the state.
+            state = {k: v.contiguous() for k, v in self._state.items()}
+            scores = torch.stack(self._scores, dim=-1)
+            return GreedyState(state=state, total=total, layer_scores=scores, layers=list(self._layers))
         order = total.argsort(dim=0, descending=True)  # (B, N)
         n = torch.arange(total.shape[1], device=total.device)
         state = {k: v[order, n] for k, v in self._state.items()}
@@ -153,7 +159,13 @@ class GreedyMessenger(Messenger):
         if score is None:
             raise RuntimeError(f"layer_end({layer}): no site was scored in this layer")
         total = score if self._total is None else self._total + score
-        batch_shapes = [v.shape[: v.dim() - event_dims.get(k, 0)] for k, v in state.items()]
+        # Entries the last collapse returned, unchanged since, with one beam entry: they depend on no
+        # hypothesis of this layer, so with one entry kept again they pass through as they are (the
+        # state grows by a few entries per layer; re-gathering all of it every layer was most of the
+        # handler's cost). The model updates the returned dict in place, hence the snapshot.
+        prev = self._collapsed if (self._state is not None and self._total.shape[0] == 1) else {}
+        kept = {k for k, v in state.items() if prev.get(k) is v}
+        batch_shapes = [v.shape[: v.dim() - event_dims.get(k, 0)] for k, v in state.items() if k not in kept]
         full = broadcast_shape(total.shape, *batch_shapes, (1, 1))
         hyp_shape, n = tuple(full[:-1]), full[-1]
         H = math.prod(hyp_shape)
@@ -182,11 +194,12 @@ class GreedyMessenger(Messenger):
             return x[tuple(index)]
 
         prev_beam = coords[-1]
-        self._scores = [s[prev_beam, rows] for s in self._scores] + [take(score, 0)]
+        same = prev and idx.shape[0] == 1  # one entry before and after: earlier layers' values stay put
+        self._scores = (self._scores if same else [s[prev_beam, rows] for s in self._scores]) + [take(score, 0)]
         self._layers.append(layer)
         self._total = vals
-        new_state = {k: take(v, event_dims.get(k, 0)) for k, v in state.items()}
-        self._state = new_state
+        new_state = {k: v if (same and k in kept) else take(v, event_dims.get(k, 0)) for k, v in state.items()}
+        self._state, self._collapsed = new_state, dict(new_state)
         self._layer_score = None
         self._next_dim = self.first_available_dim
         msg["value"] = new_state

@@ -50,7 +50,7 @@ def parse_one(trained, path: Path, scan: ScanConfig, parse: ParseConfig, categor
     scanned = scan_scales(activation_model, trained, image, scan, clamp=clamp)
     canvas = scanned.canvases[scanned.best]
     parsed = parse_scene(activation_model, h, trained.activations(canvas[None]), parse, mask_config=MaskConfig(),
-                         clamp=clamp)
+                         background=trained.background(), clamp=clamp)
     found = int(parsed.n_found[0])
     shown = max(found, 1)
     fig, axes = plt.subplots(1, 1 + 2 * shown, figsize=(2.2 * (1 + 2 * shown), 2.4), squeeze=False)

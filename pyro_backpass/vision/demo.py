@@ -92,8 +92,9 @@ def _parse(model, trained: TrainedModel, item: dict, config: DemoConfig, out: Pa
     scene = item["image"]
     f_bu = trained.activations(scene[None])
     clamp = {"category": 0}
-    parsed = parse_scene(model, h, f_bu, ParseConfig(max_steps=2), clamp=clamp)
-    modes = explain(model, h, f_bu, topk=config.n_modes, topk_layer=h.L - 1, clamp=clamp)
+    bg = trained.background()
+    parsed = parse_scene(model, h, f_bu, ParseConfig(max_steps=2), background=bg, clamp=clamp)
+    modes = explain(model, h, f_bu, topk=config.n_modes, topk_layer=h.L - 1, background=bg, clamp=clamp)
     gt = item["masks"]
     true = iou_matrix(modes.mask[:, 0], gt).amax(1) >= 0.5
     steps_iou = iou_matrix(parsed.masks[0], gt)
@@ -108,7 +109,8 @@ def _parse(model, trained: TrainedModel, item: dict, config: DemoConfig, out: Pa
 
 def _completion(model, trained: TrainedModel, item: dict, out: Path) -> dict:
     h = trained.hierarchy
-    res = explain(model, h, trained.activations(item["image"][None]), clamp={"category": 0})
+    res = explain(model, h, trained.activations(item["image"][None]), background=trained.background(),
+                  clamp={"category": 0})
     k = int(item["occluded_index"])
     full = item["full_masks"][k]
     mask = res.mask[0, 0]
@@ -137,7 +139,7 @@ def _queries(model, trained: TrainedModel, item: dict, out: Path) -> dict:
     axes[0].set_title("scene", fontsize=8)
     found = {}
     for ax, q in zip(axes[1:], ("leftmost", "largest", "darkest")):
-        ans = answer_query(model, h, f_bu, q, QueryConfig(), clamp={"category": 0})
+        ans = answer_query(model, h, f_bu, q, QueryConfig(), background=trained.background(), clamp={"category": 0})
         iou = iou_matrix(ans.mask, item["masks"])[0]
         found[q] = {"instance": int(iou.argmax()), "iou": float(iou.max())}
         ax.imshow(to_rgb(overlay(item["image"], ans.mask[0])))

@@ -69,6 +69,7 @@ class EvaluateConfig:
     :param bool occluded: run the completion measure.
     :param str mask_layer, mask_gate: the instance-mask rule (:class:`MaskConfig`).
     :param float mask_fraction, mask_gate_threshold: its thresholds.
+    :param bool mask_relative: measure the prediction against the empty image's activations.
     """
 
     scenes: int = 200
@@ -89,10 +90,11 @@ class EvaluateConfig:
     mask_fraction: float = MaskConfig.fraction
     mask_gate: str = MaskConfig.gate
     mask_gate_threshold: float = MaskConfig.gate_threshold
+    mask_relative: bool = MaskConfig.relative
 
     def mask_config(self) -> MaskConfig:
         return MaskConfig(layer=self.mask_layer, fraction=self.mask_fraction, gate=self.mask_gate,
-                          gate_threshold=self.mask_gate_threshold)
+                          gate_threshold=self.mask_gate_threshold, relative=self.mask_relative)
 
     def parse_config(self) -> ParseConfig:
         return ParseConfig(max_steps=self.max_steps, evidence_threshold=self.evidence_threshold,
@@ -100,10 +102,11 @@ class EvaluateConfig:
 
 
 def scene_configs(config: EvaluateConfig, size: int) -> dict[str, SceneConfig]:
-    """The test scenes, their occluded twins and the validation scenes."""
+    """The test scenes, their occluded twins and the validation scenes (for the baselines' thresholds)."""
     test = SceneConfig(n=config.scenes, size=size, split="test", seed=config.seed, mesh_dir=config.mesh_dir)
     return {"test": test, "occluded": dataclasses.replace(test, occluder=True),
-            "val": SceneConfig(n=config.val_scenes, size=size, split="val", seed=config.seed)}
+            # seed + 1: the training pipeline fits the observation model on the val split's seed-0 scenes.
+            "val": SceneConfig(n=config.val_scenes, size=size, split="val", seed=config.seed + 1)}
 
 
 def _stack(ds: SceneDataset, idx: list[int]) -> tuple[torch.Tensor, list[dict]]:
@@ -130,16 +133,16 @@ def evaluate_scenes(model, trained: TrainedModel, config: EvaluateConfig, indice
     :param dict thresholds: baseline name → threshold (``None``: no baselines).
     :returns: a list of dicts, one per scene, in the order of ``indices``.
     """
-    h, mc = trained.hierarchy, config.mask_config()
+    h, mc, bg = trained.hierarchy, config.mask_config(), trained.background()
     clamp = {"category": h.check_category(category)}
     records = []
     for start in range(0, len(indices), config.batch_size):
         idx = indices[start:start + config.batch_size]
         images, items = _stack(datasets["test"], idx)
         f_bu = trained.activations(images)
-        parsed = parse_scene(model, h, f_bu, config.parse_config(), mask_config=mc, clamp=clamp)
+        parsed = parse_scene(model, h, f_bu, config.parse_config(), mask_config=mc, background=bg, clamp=clamp)
         answers = {q: answer_query(model, h, f_bu, q, QueryConfig(n_modes=config.n_modes), mask_config=mc,
-                                   clamp=clamp) for q in QUERIES}
+                                   background=bg, clamp=clamp) for q in QUERIES}
         base = {}
         if thresholds:
             from ..baselines import gradcam_maps, guided_backprop_maps
@@ -152,7 +155,7 @@ def evaluate_scenes(model, trained: TrainedModel, config: EvaluateConfig, indice
         if config.occluded:
             occ_images, occ_items = _stack(datasets["occluded"], idx)
             occ = (parse_scene(model, h, trained.activations(occ_images), config.parse_config(), mask_config=mc,
-                               clamp=clamp), occ_items)
+                               background=bg, clamp=clamp), occ_items)
         for j, (i, item) in enumerate(zip(idx, items)):
             gt = item["masks"]
             steps = parsed.masks[j][parsed.accepted[j]]
@@ -249,6 +252,6 @@ def time_backward_pass(model, trained: TrainedModel, image: torch.Tensor, repeat
     times = []
     for _ in range(repeats + 1):
         t = time.perf_counter()
-        explain(model, trained.hierarchy, f_bu, mask_config=mask_config)
+        explain(model, trained.hierarchy, f_bu, mask_config=mask_config, background=trained.background())
         times.append(1000 * (time.perf_counter() - t))
     return float(torch.tensor(times[1:]).median())

@@ -67,7 +67,8 @@ MaskRule = Callable[[Hierarchy, list, BackwardResult], torch.Tensor]
 
 def explain(model, hierarchy: Hierarchy, f_bu: list[torch.Tensor], beam: int = 1, topk: int | None = None,
             topk_layer: int | str | None = None, clamp: dict | None = None, mask_rule: MaskRule | None = None,
-            mask_config: MaskConfig | None = None, **model_kwargs) -> InstanceResult:
+            mask_config: MaskConfig | None = None, background: list[torch.Tensor] | None = None,
+            **model_kwargs) -> InstanceResult:
     """Backward pass plus reconstruction and instance mask.
 
     :param model: a model program with the signature of ``models.activation.activation_model``.
@@ -75,6 +76,8 @@ def explain(model, hierarchy: Hierarchy, f_bu: list[torch.Tensor], beam: int = 1
     :param beam, topk, topk_layer, clamp: as in :func:`~pyro_backpass.inference.backward_pass`.
     :param mask_rule: ``rule(hierarchy, f_bu, result) -> (B, N, S, S)`` bool; default
         :func:`~pyro_backpass.vision.masks.instance_masks` with ``mask_config``.
+    :param list background: the backbone's activations of an empty image, ``L`` maps (C_l, H_l, W_l)
+        (:meth:`TrainedModel.background`), for mask rules that measure against it.
     :param model_kwargs: passed to the model (``prior=``, ``delta_logits=``).
     :returns: :class:`InstanceResult`.
     """
@@ -82,7 +85,7 @@ def explain(model, hierarchy: Hierarchy, f_bu: list[torch.Tensor], beam: int = 1
     result = backward_pass(model, hierarchy, f_bu, beam=beam, topk=topk, topk_layer=topk_layer, clamp=clamp,
                            **model_kwargs)
     if mask_rule is None:
-        mask = instance_masks(hierarchy, f_bu, result, mask_config)
+        mask = instance_masks(hierarchy, f_bu, result, mask_config, background)
     else:
         mask = mask_rule(hierarchy, f_bu, result)
     return InstanceResult(result, result.f_td[0], top_down_prediction(hierarchy, result, 0), mask)
@@ -98,4 +101,5 @@ def map_image(model, trained: TrainedModel, images: torch.Tensor, **kwargs) -> I
     if isinstance(images, torch.Tensor) and images.dim() == 3:
         images = images.unsqueeze(0)
     trained.backbone.check_images(images)
+    kwargs.setdefault("background", trained.background())
     return explain(model, trained.hierarchy, trained.activations(images), **kwargs)

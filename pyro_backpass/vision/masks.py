@@ -10,6 +10,11 @@ scene agrees with the prediction there. The gates:
   prediction against the empty explanation, ``Σ_c [v(f_bu, f̃) - v(f_bu, 0)] > threshold`` where ``v``
   is the value of eq. 13 (:func:`~pyro_backpass.distributions.max_joint`). It asks the model itself
   whether the object explains the pixel better than nothing does, so it works on any background;
+- ``"colour"``: a two-class colour model of the scene pixels (one diagonal Gaussian in RGB for the
+  object, one for the rest), fitted by a few EM steps with the predicted region as the prior
+  probability of "object" (``prior_in`` inside it, ``1 - prior_in`` outside): pixels whose colour
+  the object class explains better than the background class stay. It needs no black background and
+  sharpens the coarse predicted region towards the object's silhouette;
 - ``"nonblack"``: the scene pixel is not black (the feasibility run's gate; only meaningful on black
   backgrounds, kept for comparison);
 - ``"none"``: no gate.
@@ -30,9 +35,9 @@ from ..distributions import max_joint
 from ..hierarchy import Hierarchy
 from ..inference import BackwardResult
 
-__all__ = ["MaskConfig", "GATES", "top_down_prediction", "instance_masks", "agreement_map"]
+__all__ = ["MaskConfig", "GATES", "top_down_prediction", "instance_masks", "agreement_map", "colour_posterior"]
 
-GATES = ("agreement", "nonblack", "none")
+GATES = ("agreement", "colour", "nonblack", "none")
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,10 @@ class MaskConfig:
         (nats); for ``"nonblack"``, the threshold on the pixel's largest channel.
     :param int smooth: side of a box filter applied to the gate's log-ratio map before thresholding
         (1: none); the ratio of one pixel is noisy, a small neighbourhood is not.
+    :param bool relative: measure the prediction's strength against the backbone's response to an
+        empty (black) image, given as ``background`` to :func:`instance_masks`, instead of against 0.
+    :param float prior_in: the colour gate's prior probability of "object" inside the predicted region.
+    :param int colour_iters: EM steps of the colour gate.
     """
 
     layer: str = "conv1_2"
@@ -55,6 +64,9 @@ class MaskConfig:
     gate_layer: str = ""
     gate_threshold: float = 0.0
     smooth: int = 3
+    relative: bool = False
+    prior_in: float = 0.9
+    colour_iters: int = 5
 
     def __post_init__(self):
         if self.gate not in GATES:
@@ -63,6 +75,8 @@ class MaskConfig:
             raise ValueError(f"fraction: expected a value in [0, 1], got {self.fraction!r}")
         if not isinstance(self.smooth, int) or self.smooth < 1 or self.smooth % 2 == 0:
             raise ValueError(f"smooth: expected an odd int >= 1, got {self.smooth!r}")
+        if not 0.5 < self.prior_in < 1.0:
+            raise ValueError(f"prior_in: expected a probability in (0.5, 1), got {self.prior_in!r}")
 
 
 def top_down_prediction(hierarchy: Hierarchy, result: BackwardResult, layer: int | str) -> torch.Tensor:
@@ -94,6 +108,29 @@ def agreement_map(hierarchy: Hierarchy, layer: int, f_bu: torch.Tensor, f_tilde:
     return (v_obj - v_empty).sum(-3)
 
 
+def colour_posterior(images: torch.Tensor, prior: torch.Tensor, iters: int = 5, floor: float = 0.02) -> torch.Tensor:
+    """Posterior probability of "object" per pixel under a two-class colour model (see ``"colour"``).
+
+    :param torch.Tensor images: (N, 3, S, S) pixels.
+    :param torch.Tensor prior: (B, N, S, S) prior probabilities of "object", in (0, 1).
+    :param float floor: floor on the classes' colour standard deviations.
+    :returns: (B, N, S, S).
+    """
+    x = images.flatten(2).unsqueeze(0)                                      # (1, N, 3, P)
+    p = prior.flatten(2).clamp(1e-4, 1 - 1e-4)                              # (B, N, P)
+    log_odds_prior = torch.log(p) - torch.log1p(-p)
+    q = p
+    for _ in range(iters):
+        ll = []
+        for w in (q, 1 - q):
+            ws = w.sum(-1, keepdim=True).clamp_min(1e-6)
+            mu = (x * w.unsqueeze(2)).sum(-1) / ws                           # (B, N, 3)
+            var = ((x - mu.unsqueeze(-1)) ** 2 * w.unsqueeze(2)).sum(-1) / ws + floor ** 2
+            ll.append((-0.5 * (x - mu.unsqueeze(-1)) ** 2 / var.unsqueeze(-1) - 0.5 * var.log().unsqueeze(-1)).sum(2))
+        q = torch.sigmoid(ll[0] - ll[1] + log_odds_prior)
+    return q.reshape(prior.shape)
+
+
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
     """(B, N, H, W) → (B, N, size, size), nearest (masks stay crisp at the layer's resolution)."""
     if x.shape[-1] == size and x.shape[-2] == size:
@@ -104,23 +141,34 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def instance_masks(hierarchy: Hierarchy, f_bu: list[torch.Tensor], result: BackwardResult,
-                   config: MaskConfig | None = None) -> torch.Tensor:
+                   config: MaskConfig | None = None, background: list[torch.Tensor] | None = None) -> torch.Tensor:
     """The instance mask of every kept assignment of a backward pass.
 
     :param list f_bu: the ``L`` bottom-up maps the pass ran on, each (N, C_l, H_l, W_l); ``f_bu[0]``
         is the image (N, 3, S, S).
     :param BackwardResult result: its result.
+    :param list background: ``L`` maps (C_l, H_l, W_l), the backbone's activations of an empty image
+        (needed when ``config.relative``).
     :returns: (B, N, S, S) bool.
     """
     config = config or MaskConfig()
     S = hierarchy.specs[0].height
     l = hierarchy.layer_index(config.layer)
     f_tilde = top_down_prediction(hierarchy, result, l)
-    strength = f_tilde.norm(dim=-3)                                            # (B, N, H, W)
+    if config.relative:
+        if background is None:
+            raise ValueError("background: the relative mask rule needs the backbone's empty-image activations, "
+                             "got None")
+        strength = (f_tilde - background[l]).norm(dim=-3)
+    else:
+        strength = f_tilde.norm(dim=-3)                                        # (B, N, H, W)
     peak = strength.flatten(-2).amax(-1).clamp_min(1e-12)[..., None, None]
     mask = _resize(strength >= config.fraction * peak, S) > 0.5
     if config.gate == "none":
         return mask
+    if config.gate == "colour":
+        prior = torch.where(mask, config.prior_in, 1.0 - config.prior_in)
+        return mask & (colour_posterior(f_bu[0], prior, config.colour_iters) > 0.5)
     if config.gate == "nonblack":
         gate = (f_bu[0].amax(-3) > config.gate_threshold).unsqueeze(0)
         return mask & gate

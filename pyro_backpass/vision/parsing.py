@@ -105,7 +105,7 @@ def explain_away(hierarchy: Hierarchy, f_bu: list[torch.Tensor], f_td: list[torc
 
 def parse_scene(model, hierarchy: Hierarchy, f_bu: list[torch.Tensor], config: ParseConfig | None = None,
                 mask_rule: MaskRule | None = None, mask_config: MaskConfig | None = None,
-                **model_kwargs) -> ParseResult:
+                background: list[torch.Tensor] | None = None, **model_kwargs) -> ParseResult:
     """Parse ``N`` scenes (batched).
 
     :param model: the model program.
@@ -127,7 +127,8 @@ def parse_scene(model, hierarchy: Hierarchy, f_bu: list[torch.Tensor], config: P
     branch = 1 if config.paths == 1 else config.branch
     kw = dict(beam=config.beam) if branch == 1 else dict(topk=branch, topk_layer=hierarchy.L - 1)
     for _ in range(config.max_steps):
-        res = explain(model, hierarchy, maps, mask_rule=mask_rule, mask_config=mask_config, **kw, **model_kwargs)
+        res = explain(model, hierarchy, maps, mask_rule=mask_rule, mask_config=mask_config, background=background, **kw,
+                      **model_kwargs)
         Bc = res.evidence.shape[0] if branch > 1 else 1
         cand = (score.unsqueeze(0) + res.evidence[:Bc].reshape(Bc, P, N)).reshape(Bc * P, N)  # c = b·P + p
         keep = min(config.paths, Bc * P)

@@ -99,7 +99,7 @@ def _pairwise_iou(masks: torch.Tensor) -> torch.Tensor:
 
 def distinct_modes(model, hierarchy: Hierarchy, f_bu: list[torch.Tensor], config: QueryConfig | None = None,
                    mask_rule: MaskRule | None = None, mask_config: MaskConfig | None = None,
-                   **model_kwargs) -> tuple[InstanceResult, torch.Tensor]:
+                   background: list[torch.Tensor] | None = None, **model_kwargs) -> tuple[InstanceResult, torch.Tensor]:
     """Posterior modes at the top layer and which of them are distinct instances.
 
     :returns: ``(modes, candidates)``: an :class:`InstanceResult` with ``M = n_modes`` entries per image
@@ -107,7 +107,7 @@ def distinct_modes(model, hierarchy: Hierarchy, f_bu: list[torch.Tensor], config
     """
     config = config or QueryConfig()
     modes = explain(model, hierarchy, f_bu, topk=config.n_modes, topk_layer=hierarchy.L - 1,
-                    mask_rule=mask_rule, mask_config=mask_config, **model_kwargs)
+                    mask_rule=mask_rule, mask_config=mask_config, background=background, **model_kwargs)
     iou = _pairwise_iou(modes.mask)                                          # (N, M, M)
     M, N = modes.evidence.shape
     keep = torch.zeros(M, N, dtype=torch.bool, device=iou.device)
@@ -123,7 +123,8 @@ def distinct_modes(model, hierarchy: Hierarchy, f_bu: list[torch.Tensor], config
 
 def answer_query(model, hierarchy: Hierarchy, f_bu: list[torch.Tensor], query: str | Callable,
                  config: QueryConfig | None = None, mask_rule: MaskRule | None = None,
-                 mask_config: MaskConfig | None = None, **model_kwargs) -> QueryAnswer:
+                 mask_config: MaskConfig | None = None, background: list[torch.Tensor] | None = None,
+                 **model_kwargs) -> QueryAnswer:
     """Answer a predicate query ("leftmost", "largest", "darkest", ... or a callable) on ``N`` images.
 
     :param query: a name in :data:`PREDICATES` or a predicate callable.
@@ -137,7 +138,7 @@ def answer_query(model, hierarchy: Hierarchy, f_bu: list[torch.Tensor], query: s
         predicate = query
     else:
         raise TypeError(f"query: expected a query name or a callable, got {type(query).__name__}")
-    modes, cand = distinct_modes(model, hierarchy, f_bu, config, mask_rule, mask_config, **model_kwargs)
+    modes, cand = distinct_modes(model, hierarchy, f_bu, config, mask_rule, mask_config, background, **model_kwargs)
     M, N = cand.shape
     scores = predicate(modes.mask.flatten(0, 1), modes.reconstruction.flatten(0, 1)).reshape(M, N).float()
     choice = torch.where(cand, scores, torch.full_like(scores, -torch.inf)).argmax(0)

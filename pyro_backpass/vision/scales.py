@@ -102,6 +102,7 @@ def scan_scales(model, trained: TrainedModel, image: torch.Tensor, config: ScanC
     config = config or ScanConfig()
     fits = [fit_to_canvas(image, trained.size, s, config.pad_value) for s in config.scales]
     canvases = torch.stack([c for c, _ in fits])
+    kwargs.setdefault("background", trained.background())
     res = explain(model, trained.hierarchy, trained.activations(canvases), **kwargs)
     evidence = res.evidence[0]
     return ScanResult(canvases, evidence, int(evidence.argmax()), [b for _, b in fits], tuple(config.scales))

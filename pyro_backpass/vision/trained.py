@@ -61,7 +61,22 @@ class TrainedModel:
                                              layers=self.layer_names)
         return [a.to(device=self.hierarchy.device, dtype=self.hierarchy.dtype) for a in acts]
 
+    def background(self) -> list[torch.Tensor]:
+        """The backbone's activations of an empty (black) image, the scene with nothing in it.
+
+        Training objects sit on black, so outside an object ``F_td`` is this response, not 0 (batch
+        norm and biases make it non-zero); mask rules can measure predictions against it.
+
+        :returns: ``L`` tensors (C_l, H_l, W_l).
+        """
+        if getattr(self, "_background", None) is None:
+            param = next(self.backbone.parameters())
+            empty = torch.zeros(1, 3, self.size, self.size, device=param.device, dtype=param.dtype)
+            self._background = [a[0] for a in self.activations(empty)]
+        return self._background
+
     def to(self, device) -> TrainedModel:
+        self._background = None
         self.hierarchy.to(device)
         self.backbone.to(device)
         return self

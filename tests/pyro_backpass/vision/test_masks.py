@@ -88,3 +88,29 @@ def test_unknown_layer_is_a_clear_error():
     res = _pass(h, f_bu)
     with pytest.raises(ValueError, match="layer"):
         instance_masks(h, f_bu, res, MaskConfig(layer="conv9"))
+
+
+def test_colour_gate_recovers_a_coloured_object_inside_a_loose_region():
+    from pyro_backpass.vision.masks import colour_posterior
+
+    img = torch.zeros(1, 3, 20, 20)
+    img[:, 1] = 0.1 * torch.rand(20, 20, generator=torch.Generator().manual_seed(0))
+    img[:, 0, 5:15, 5:15] = 1.0
+    prior = torch.full((1, 1, 20, 20), 0.1)
+    prior[..., 3:17, 3:17] = 0.9
+    q = colour_posterior(img, prior)
+    want = torch.zeros(20, 20, dtype=torch.bool)
+    want[5:15, 5:15] = True
+    assert torch.equal(q[0, 0] > 0.5, want)
+
+
+def test_relative_rule_needs_the_background(tiny_trained, tiny_images):
+    from pyro_backpass.vision import map_image
+
+    res = map_image(activation_model, tiny_trained, tiny_images, mask_config=MaskConfig(relative=True, gate="colour"))
+    assert res.mask.shape == (1, 3, 32, 32)
+    bg = tiny_trained.background()
+    assert [tuple(b.shape) for b in bg] == [s.shape for s in tiny_trained.hierarchy.specs]
+    f_bu = tiny_trained.activations(tiny_images)
+    with pytest.raises(ValueError, match="background"):
+        instance_masks(tiny_trained.hierarchy, f_bu, res.backward, MaskConfig(relative=True))

@@ -28,7 +28,7 @@ from ..metrics import iou_matrix
 from .explain import explain
 from .parsing import ParseConfig, parse_scene
 from .plots import image_grid, overlay, parse_figure, to_rgb
-from .queries import QueryConfig, answer_query
+from .queries import QueryConfig, answer_queries
 from .sampling import sample_images
 from .trained import TrainedModel
 
@@ -138,8 +138,10 @@ def _queries(model, trained: TrainedModel, item: dict, out: Path) -> dict:
     axes[0].imshow(to_rgb(item["image"]))
     axes[0].set_title("scene", fontsize=8)
     found = {}
-    for ax, q in zip(axes[1:], ("leftmost", "largest", "darkest")):
-        ans = answer_query(model, h, f_bu, q, QueryConfig(), background=trained.background(), clamp={"category": 0})
+    queries = ("leftmost", "largest", "darkest")
+    answers = answer_queries(model, h, f_bu, list(queries), QueryConfig(), background=trained.background(),
+                             clamp={"category": 0})
+    for ax, q, ans in zip(axes[1:], queries, answers):
         iou = iou_matrix(ans.mask, item["masks"])[0]
         found[q] = {"instance": int(iou.argmax()), "iou": float(iou.max())}
         ax.imshow(to_rgb(overlay(item["image"], ans.mask[0])))

@@ -39,7 +39,7 @@ from ..metrics import iou_matrix, match_parse
 from .explain import explain
 from .masks import MaskConfig
 from .parsing import ParseConfig, parse_scene
-from .queries import QueryConfig, answer_query
+from .queries import QueryConfig, answer_queries
 from .sampling import sample_images
 from .trained import TrainedModel
 
@@ -141,8 +141,8 @@ def evaluate_scenes(model, trained: TrainedModel, config: EvaluateConfig, indice
         images, items = _stack(datasets["test"], idx)
         f_bu = trained.activations(images)
         parsed = parse_scene(model, h, f_bu, config.parse_config(), mask_config=mc, background=bg, clamp=clamp)
-        answers = {q: answer_query(model, h, f_bu, q, QueryConfig(n_modes=config.n_modes), mask_config=mc,
-                                   background=bg, clamp=clamp) for q in QUERIES}
+        answers = dict(zip(QUERIES, answer_queries(model, h, f_bu, list(QUERIES), QueryConfig(n_modes=config.n_modes),
+                                                    mask_config=mc, background=bg, clamp=clamp)))
         base = {}
         if thresholds:
             from ..baselines import gradcam_maps, guided_backprop_maps

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 
 import torch
 
+from ..distributions import max_joint
 from ..hierarchy import Hierarchy
 from ..inference import BackwardResult, backward_pass
 from .masks import MaskConfig, instance_masks, top_down_prediction
 from .trained import TrainedModel
 
-__all__ = ["InstanceResult", "explain", "map_image"]
+__all__ = ["InstanceResult", "explain", "map_image", "background_score"]
 
 
 @dataclass
@@ -30,12 +31,16 @@ class InstanceResult:
     :ivar torch.Tensor reconstruction: (B, N, 3, S, S) the MAP ``F^0_td``.
     :ivar torch.Tensor prediction: (B, N, 3, S, S) the top-down mean ``f̃^0`` (no bottom-up term).
     :ivar torch.Tensor mask: (B, N, S, S) bool instance masks.
+    :ivar torch.Tensor evidence_vs_background: (B, N) total log score minus that of the *background*
+        explanation (every ``F^l_td`` at the backbone's response to an empty image, see
+        :func:`background_score`), or ``None`` when no background was given.
     """
 
     backward: BackwardResult
     reconstruction: torch.Tensor
     prediction: torch.Tensor
     mask: torch.Tensor
+    evidence_vs_background: torch.Tensor | None = None
 
     @property
     def hidden(self) -> dict:
@@ -60,6 +65,24 @@ class InstanceResult:
     def best(self) -> dict:
         """The top assignment per image: site → (N,)."""
         return self.backward.best()
+
+
+def background_score(hierarchy: Hierarchy, f_bu: list[torch.Tensor], background: list[torch.Tensor]) -> torch.Tensor:
+    """Log score of the background explanation: on every layer the top-down mean is the backbone's
+    response to an empty image, ``Σ_l Σ_i max_f [log P(f_bu,i | f) + log N(f; bg_l,i, σ0_l)]`` (eq. 13).
+
+    The training objects sit on black, so "no object here" is that response, not 0; evidence against
+    it says whether an object explains the scene better than an empty scene does.
+
+    :param list f_bu: ``L`` tensors (N, C_l, H_l, W_l).
+    :param list background: ``L`` tensors (C_l, H_l, W_l).
+    :returns: (N,).
+    """
+    total = 0.0
+    for l, (x, b) in enumerate(zip(f_bu, background)):
+        v = max_joint(x, b.expand_as(x), hierarchy.sigma0[l], **hierarchy.obs_params(l))[1]
+        total = total + v.sum((-3, -2, -1))
+    return total
 
 
 MaskRule = Callable[[Hierarchy, list, BackwardResult], torch.Tensor]
@@ -88,7 +111,8 @@ def explain(model, hierarchy: Hierarchy, f_bu: list[torch.Tensor], beam: int = 1
         mask = instance_masks(hierarchy, f_bu, result, mask_config, background)
     else:
         mask = mask_rule(hierarchy, f_bu, result)
-    return InstanceResult(result, result.f_td[0], top_down_prediction(hierarchy, result, 0), mask)
+    ev_bg = None if background is None else result.total - background_score(hierarchy, f_bu, background)
+    return InstanceResult(result, result.f_td[0], top_down_prediction(hierarchy, result, 0), mask, ev_bg)
 
 
 def map_image(model, trained: TrainedModel, images: torch.Tensor, **kwargs) -> InstanceResult:

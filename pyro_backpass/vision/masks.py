@@ -58,9 +58,9 @@ class MaskConfig:
     :param int colour_iters: EM steps of the colour gate.
     """
 
-    layer: str = "conv1_2"
-    fraction: float = 0.35
-    gate: str = "agreement"
+    layer: str = "conv3_2"
+    fraction: float = 0.4
+    gate: str = "colour"
     gate_layer: str = ""
     gate_threshold: float = 0.0
     smooth: int = 3

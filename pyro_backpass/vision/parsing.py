@@ -3,12 +3,16 @@
 Each step runs a backward pass on the current bottom-up maps, records the instance it explains
 (reconstruction, mask, ``H``, evidence) and *explains it away* before the next step:
 
-- ``"subtract"`` (the paper's rule): ``F^l_bu ← max(F^l_bu - F^l_td, 0)`` on every layer;
+- ``"subtract"`` (the paper's rule): ``F^l_bu ← max(F^l_bu - F^l_td, 0)`` on every layer; given the
+  backbone's response ``bg`` to an empty image, the instance's own contribution ``max(F^l_td - bg, 0)``
+  is what is subtracted (its ``F_td`` includes the empty scene's response everywhere);
 - ``"suppress"``: ``F^l_bu ← 0`` wherever the instance drives the unit (``F^l_td > λ_l``), a harder
   rule that removes what was explained however strong the scene's activation there.
 
-**Stopping rule.** A step is accepted while its evidence (MAP score minus the empty explanation's,
-:func:`~pyro_backpass.inference.empty_score`) per image pixel is at least ``evidence_threshold``, and
+**Stopping rule.** A step is accepted while its evidence per image pixel is at least
+``evidence_threshold``: the MAP score minus that of the background explanation
+(:func:`~pyro_backpass.vision.explain.background_score`) when a background is given, else minus that
+of the all-zero explanation (:func:`~pyro_backpass.inference.empty_score`); parsing stops
 parsing stops at the first step below it or after ``max_steps``. Per-pixel normalisation makes one
 threshold serve every input size. All steps up to ``max_steps`` are computed for the whole batch at
 once; ``accepted`` says which count.
@@ -88,14 +92,17 @@ class ParseResult:
 
 
 def explain_away(hierarchy: Hierarchy, f_bu: list[torch.Tensor], f_td: list[torch.Tensor],
-                 rule: str = "subtract") -> list[torch.Tensor]:
+                 rule: str = "subtract", background: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
     """Remove an explained instance from the bottom-up maps.
 
     :param list f_bu: ``L`` tensors (N, C, H, W).
     :param list f_td: ``L`` tensors (N, C, H, W), the instance's ``F_td``.
+    :param list background: ``L`` tensors (C, H, W), the empty image's response (``None``: zeros).
     :returns: ``L`` new tensors (N, C, H, W).
     """
     if rule == "subtract":
+        if background is not None:
+            f_td = [torch.clamp(t - b, min=0.0) for t, b in zip(f_td, background)]
         return [torch.clamp(x - t, min=0.0) for x, t in zip(f_bu, f_td)]
     if rule == "suppress":
         return [torch.where(t > hierarchy.obs_params(l)["lam"], torch.zeros_like(x), x)
@@ -130,7 +137,8 @@ def parse_scene(model, hierarchy: Hierarchy, f_bu: list[torch.Tensor], config: P
         res = explain(model, hierarchy, maps, mask_rule=mask_rule, mask_config=mask_config, background=background, **kw,
                       **model_kwargs)
         Bc = res.evidence.shape[0] if branch > 1 else 1
-        cand = (score.unsqueeze(0) + res.evidence[:Bc].reshape(Bc, P, N)).reshape(Bc * P, N)  # c = b·P + p
+        evidence = res.evidence if res.evidence_vs_background is None else res.evidence_vs_background
+        cand = (score.unsqueeze(0) + evidence[:Bc].reshape(Bc, P, N)).reshape(Bc * P, N)  # c = b·P + p
         keep = min(config.paths, Bc * P)
         score, pick = cand.topk(keep, dim=0)                            # (P', N)
         b, parent = pick // P, pick % P
@@ -140,11 +148,11 @@ def parse_scene(model, hierarchy: Hierarchy, f_bu: list[torch.Tensor], config: P
         def take(x: torch.Tensor, b=b, rows=rows, keep=keep) -> torch.Tensor:  # (Bc, P·N, ...) → (P', N, ...)
             return x[b, rows].reshape((keep, N) + tuple(x.shape[2:]))
 
-        new = {"mask": res.mask, "rec": res.reconstruction, "ev": res.evidence, **res.hidden}
+        new = {"mask": res.mask, "rec": res.reconstruction, "ev": evidence, **res.hidden}
         hist = {k: [h[parent, n] for h in hist.get(k, [])] + [take(v[:Bc])] for k, v in new.items()}
         f_td = [take(t[:Bc]).flatten(0, 1) for t in res.f_td]
         parents = [x.reshape((P, N) + tuple(x.shape[1:]))[parent, n].flatten(0, 1) for x in maps]
-        maps = explain_away(hierarchy, parents, f_td, config.explain_away)
+        maps = explain_away(hierarchy, parents, f_td, config.explain_away, background)
         P = keep
     # The best path per scene is path 0 (topk sorts).
     ev = torch.stack(hist["ev"], -1)[0]                                  # (N, T)

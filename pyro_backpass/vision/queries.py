@@ -25,7 +25,8 @@ from ..hierarchy import Hierarchy
 from .explain import InstanceResult, MaskRule, explain
 from .masks import MaskConfig
 
-__all__ = ["QueryConfig", "PREDICATES", "distinct_modes", "answer_query", "location_prior", "QueryAnswer"]
+__all__ = ["QueryConfig", "PREDICATES", "distinct_modes", "answer_query", "answer_queries", "location_prior",
+           "QueryAnswer"]
 
 
 def _centroid_x(mask: torch.Tensor) -> torch.Tensor:
@@ -130,15 +131,34 @@ def answer_query(model, hierarchy: Hierarchy, f_bu: list[torch.Tensor], query: s
     :param query: a name in :data:`PREDICATES` or a predicate callable.
     :raises ValueError: an unknown query name.
     """
+    return answer_queries(model, hierarchy, f_bu, [query], config, mask_rule, mask_config, background,
+                          **model_kwargs)[0]
+
+
+def _predicate(query):
     if isinstance(query, str):
         if query not in PREDICATES:
             raise ValueError(f"query: expected one of {sorted(PREDICATES)} or a callable, got {query!r}")
-        predicate = PREDICATES[query]
-    elif callable(query):
-        predicate = query
-    else:
-        raise TypeError(f"query: expected a query name or a callable, got {type(query).__name__}")
+        return PREDICATES[query]
+    if callable(query):
+        return query
+    raise TypeError(f"query: expected a query name or a callable, got {type(query).__name__}")
+
+
+def answer_queries(model, hierarchy: Hierarchy, f_bu: list[torch.Tensor], queries: list,
+                   config: QueryConfig | None = None, mask_rule: MaskRule | None = None,
+                   mask_config: MaskConfig | None = None, background: list[torch.Tensor] | None = None,
+                   **model_kwargs) -> list[QueryAnswer]:
+    """Several queries over one set of posterior modes (one backward pass with modes for all of them).
+
+    :returns: one :class:`QueryAnswer` per query, in order.
+    """
+    predicates = [_predicate(q) for q in queries]
     modes, cand = distinct_modes(model, hierarchy, f_bu, config, mask_rule, mask_config, background, **model_kwargs)
+    return [_choose(modes, cand, p) for p in predicates]
+
+
+def _choose(modes: InstanceResult, cand: torch.Tensor, predicate) -> QueryAnswer:
     M, N = cand.shape
     scores = predicate(modes.mask.flatten(0, 1), modes.reconstruction.flatten(0, 1)).reshape(M, N).float()
     choice = torch.where(cand, scores, torch.full_like(scores, -torch.inf)).argmax(0)

@@ -93,3 +93,27 @@ def test_stopping_rule_and_parse_paths():
 def test_bad_parse_config(kwargs):
     with pytest.raises(ValueError):
         ParseConfig(**kwargs)
+
+
+def test_subtraction_with_a_background_removes_only_the_instance_increment():
+    h = toy_hierarchy(seed=0)
+    f_bu = [torch.full((1,) + s.shape, 1.0) for s in h.specs]
+    bg = [torch.full(s.shape, 0.5) for s in h.specs]
+    f_td = [torch.full((1,) + s.shape, 0.75) for s in h.specs]
+    out = explain_away(h, f_bu, f_td, "subtract", background=bg)
+    assert all(torch.allclose(o, torch.full_like(o, 0.75)) for o in out)
+
+
+def test_evidence_against_the_background_explanation(tiny_trained, tiny_images):
+    from pyro_backpass.vision.explain import background_score
+
+    f_bu = tiny_trained.activations(tiny_images)
+    bg = tiny_trained.background()
+    res = explain(activation_model, tiny_trained.hierarchy, f_bu, background=bg)
+    torch.testing.assert_close(res.evidence_vs_background,
+                               res.total - background_score(tiny_trained.hierarchy, f_bu, bg))
+    # An empty scene is explained by the background at least as well as by any instance minus a margin:
+    empty = tiny_trained.activations(torch.zeros(1, 3, 32, 32))
+    assert float(background_score(tiny_trained.hierarchy, empty, bg)) > float(
+        explain(activation_model, tiny_trained.hierarchy, empty).total[0, 0]) - 1e-3 * abs(
+        float(background_score(tiny_trained.hierarchy, empty, bg)))

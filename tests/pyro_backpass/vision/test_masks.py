@@ -60,7 +60,7 @@ def test_agreement_gate_keeps_only_where_the_scene_matches_the_prediction():
     assert (ratio[:, 6:][strong[:, 6:]] < 0).all()
     maps = list(f_bu)
     maps[l] = scene
-    mask = instance_masks(h, maps, res, MaskConfig(layer="conv1", fraction=0.5, smooth=1))[0, 0]
+    mask = instance_masks(h, maps, res, MaskConfig(layer="conv1", fraction=0.5, gate="agreement", smooth=1))[0, 0]
     assert not mask[:, 7:].any()
     assert mask[:, :5].any()
 

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from models.activation import activation_model  # noqa: E402
-from pyro_backpass.cli import add_config_args, config_from_args  # noqa: E402
+from pyro_backpass.cli import THREADS_HELP, add_config_args, config_from_args, set_threads  # noqa: E402
 from pyro_backpass.data import ObjectDataset, ObjectDatasetConfig  # noqa: E402
 from pyro_backpass.io import atomic_save_figure, write_run_files  # noqa: E402
 from pyro_backpass.vision import load_trained  # noqa: E402
@@ -46,11 +46,13 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_config_args(parser, DemoConfig)
+    parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP + "; training keeps torch's default")
     args = parser.parse_args(argv)
     config = config_from_args(DemoConfig, args)
     t0 = time.perf_counter()
     ensure_model(config.model, args.quiet)
     t1 = time.perf_counter()
+    set_threads(args.threads)  # after training, which has its own thread use
     trained = load_trained(config.model)
     objects = ObjectDataset(ObjectDatasetConfig(n=24, size=trained.size, split="test", seed=config.seed),
                             progress=False)

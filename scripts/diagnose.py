@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from models.activation import activation_model  # noqa: E402
+from pyro_backpass.cli import THREADS_HELP, set_threads  # noqa: E402
 from pyro_backpass.data import SceneConfig, SceneDataset  # noqa: E402
 from pyro_backpass.io import atomic_save_figure, write_run_files  # noqa: E402
 from pyro_backpass.vision import agreement_map, explain, load_trained, top_down_prediction  # noqa: E402
@@ -58,7 +59,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--scenes", type=int, default=4, help="held-out scenes to show")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     args = parser.parse_args(argv)
+    set_threads(args.threads)
     if args.scenes < 1:
         raise ValueError(f"--scenes: expected a positive number of scenes, got {args.scenes}")
     trained = load_trained(args.model)

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from models.activation import activation_model
-from pyro_backpass.cli import add_config_args, config_from_args
+from pyro_backpass.cli import THREADS_HELP, add_config_args, config_from_args, set_threads
 from pyro_backpass.data import SceneDataset
 from pyro_backpass.io import write_run_files
 from pyro_backpass.learning.pipeline import peak_memory_mb
@@ -67,7 +67,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default="runs/evaluate", help="output folder")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     add_config_args(parser, EvaluateConfig)
+    parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     args = parser.parse_args(argv)
+    set_threads(args.threads)
     config = config_from_args(EvaluateConfig, args)
     torch.manual_seed(config.seed)
     t0 = time.perf_counter()

@@ -68,14 +68,14 @@ def _samples(model, trained: TrainedModel, config: DemoConfig, out: Path) -> dic
     top = h.specs[-1].name
     images, hidden = sample_images(model, h, config.samples)
     _save(image_grid(images, 8, suptitle="samples from the prior (noise-free, Fig. 3)"), out / "fig3_samples.png")
-    # Fig. 4: the most frequent top components among many prior draws, each at its most common offset.
-    _, many = sample_images(model, h, 512)
-    counts = torch.bincount(many[sites.gamma(top)], minlength=h.specs[-1].K)
-    groups = counts.argsort(descending=True)[: config.groups].tolist()
+    # Fig. 4: the most probable top components under the γ prior (eq. 7), each at the centre offset.
+    top_spec = h.specs[-1]
+    logp = h.prior.log_prob_table(h.L - 1, [torch.tensor(0, device=h.device)])
+    groups = logp.reshape(-1).argsort(descending=True)[: config.groups].tolist()
+    centre = top_spec.offsets.index((0, 0))
     rows, titles = [], []
     for g in groups:
-        d = int(torch.bincount(many[sites.delta(top)][many[sites.gamma(top)] == g], minlength=h.specs[-1].n_offsets)
-                .argmax())
+        d = centre
         imgs, _ = sample_images(model, h, config.per_group, clamp={sites.gamma(top): g, sites.delta(top): d})
         rows.append(imgs)
         titles += [f"γ={g} δ={d}"] + [""] * (config.per_group - 1)
@@ -118,7 +118,7 @@ def _completion(model, trained: TrainedModel, item: dict, out: Path) -> dict:
     panels = [(item["image"], "occluded scene"), (res.reconstruction[0, 0], "MAP F_td (image layer)"),
               (overlay(item["image"], mask), "instance mask"),
               (overlay(overlay(torch.zeros_like(item["image"]), full, (0.3, 0.3, 1.0), 1.0), mask & ~full),
-               "unoccluded truth (blue), mask outside it (red)")]
+               "truth (blue), mask outside (red)")]
     for ax, (img, title) in zip(axes, panels):
         ax.imshow(to_rgb(img))
         ax.set_title(title, fontsize=7)

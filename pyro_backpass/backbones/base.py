@@ -69,25 +69,32 @@ class Backbone(nn.Module):
             return mods[-1] if mods else stage
         return stage
 
-    def check_images(self, images) -> torch.Tensor:
-        """Raise a clear error unless ``images`` has shape ``(N, 3, S, S)`` with ``S = input_size``."""
+    def check_images(self, images, any_size: bool = False) -> torch.Tensor:
+        """Raise a clear error unless ``images`` has shape ``(N, 3, S, S)`` with ``S = input_size``
+        (any ``(N, 3, H, W)`` with ``any_size``)."""
         check_tensor("images", images)
         S = self.input_size
-        if images.dim() != 4 or tuple(images.shape[1:]) != (3, S, S):
+        if any_size:
+            if images.dim() != 4 or images.shape[1] != 3:
+                raise ValueError(f"images: expected shape (N, 3, H, W), got {tuple(images.shape)}")
+        elif images.dim() != 4 or tuple(images.shape[1:]) != (3, S, S):
             raise ValueError(f"images: expected shape (N, 3, {S}, {S}), got {tuple(images.shape)}")
         if not images.is_floating_point():
             raise TypeError(f"images: expected a floating-point tensor with values in [0, 1], got dtype {images.dtype}")
         return images
 
-    def activations(self, images: torch.Tensor, layers: Sequence[str] | None = None) -> list[torch.Tensor]:
+    def activations(self, images: torch.Tensor, layers: Sequence[str] | None = None,
+                    any_size: bool = False) -> list[torch.Tensor]:
         """Activations of every layer (or of ``layers``), bottom-up.
 
         :param torch.Tensor images: ``(N, 3, S, S)`` pixels in ``[0, 1]``.
         :param layers: names to return (in the order given); ``None`` for all, ``"image"`` included.
+        :param bool any_size: accept any ``(N, 3, H, W)`` (the stack is fully convolutional; used to
+            train at a lower resolution first). The layer specs describe ``input_size`` only.
         :returns: list of ``(N, C_l, H_l, W_l)`` tensors aligned with :meth:`layer_specs` (or ``layers``);
             element 0 of the full list is ``images`` itself.
         """
-        self.check_images(images)
+        self.check_images(images, any_size)
         names = self.layer_names()
         if layers is not None:
             unknown = [n for n in layers if n not in names]

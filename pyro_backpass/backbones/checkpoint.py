@@ -63,15 +63,17 @@ def load_small_vgg(path: str | os.PathLike) -> SmallVGG:
     except Exception as e:
         raise ValueError(f"path: {str(path)!r} is not a SmallVGG file written by save_small_vgg: {e}") from e
     cfg["widths"] = tuple(cfg["widths"])
+    cfg.setdefault("head", "avg")  # files written before the head was configurable
     return _from_state(SmallVGGConfig(**cfg), state, repr(str(path)))
 
 
 def _code_digest() -> str:
-    from pyro_backpass.backbones import augment, compositional, data, small_vgg, train
+    from pyro_backpass.backbones import augment, backgrounds, base, compositional, data, small_vgg, train, train_config
     from pyro_backpass.data.cache import source_digest
     from pyro_backpass.data.datasets import generator_digest
 
-    return source_digest(augment, compositional, data, small_vgg, train) + generator_digest("pyro_backpass.data.scenes")
+    return (source_digest(augment, backgrounds, base, compositional, data, small_vgg, train, train_config)
+            + generator_digest("pyro_backpass.data.scenes"))
 
 
 def load_or_train_backbone(config: BackboneTrainConfig | None = None, cache_dir: str | os.PathLike | None = None,
@@ -95,4 +97,5 @@ def load_or_train_backbone(config: BackboneTrainConfig | None = None, cache_dir:
     mc = dict(meta["model_config"]) if isinstance(meta["model_config"], dict) else dataclasses.asdict(
         meta["model_config"])
     mc["widths"] = tuple(mc["widths"])
+    mc.setdefault("head", "avg")
     return _from_state(SmallVGGConfig(**mc), tensors, "cache entry"), meta["metrics"]

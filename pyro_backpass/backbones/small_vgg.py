@@ -25,7 +25,10 @@ from torch import nn
 
 from pyro_backpass.backbones.base import Backbone
 
-__all__ = ["SmallVGGConfig", "SmallVGG", "N_CATEGORIES"]
+__all__ = ["SmallVGGConfig", "SmallVGG", "N_CATEGORIES", "HEADS"]
+
+#: classifier heads of :class:`SmallVGG` (see :class:`SmallVGGConfig`).
+HEADS = ("avg", "avgmax", "conv")
 
 #: number of rendered categories (``pyro_backpass.data.objects.CATEGORIES``).
 N_CATEGORIES = 6
@@ -48,6 +51,12 @@ class SmallVGGConfig:
     :param bool batch_norm: conv-BN-ReLU blocks. Without BN this plain VGG sat at chance level for
         the first ~50 Adam steps (lr 1e-3 and 3e-3), which the 15-minute budget cannot afford. In
         eval mode BN is a fixed per-channel affine map, so activations are still post-ReLU.
+    :param str head: the training-only classifier on the top pool layer (never a layer of the
+        hierarchy): ``"avg"`` global average pool + linear; ``"avgmax"`` the average and the max
+        pool side by side + linear; ``"conv"`` ``head_convs`` more 3×3 convs (BN, ReLU; the first
+        with stride 2) before ``"avgmax"``: a pool3 cell sees 36 px, the test objects are 50-80 px,
+        and one conv more sees 52 px, two 84 px.
+    :param int head_convs: convs of the ``"conv"`` head.
     """
 
     input_size: int = 96
@@ -56,8 +65,14 @@ class SmallVGGConfig:
     n_classes: int = N_CATEGORIES
     seed: int = 0
     batch_norm: bool = True
+    head: str = "avg"
+    head_convs: int = 1
 
     def __post_init__(self):
+        if self.head_convs < 1:
+            raise ValueError(f"SmallVGGConfig.head_convs: expected >= 1, got {self.head_convs!r}")
+        if self.head not in HEADS:
+            raise ValueError(f"SmallVGGConfig.head: expected one of {HEADS}, got {self.head!r}")
         if not self.widths or any((not isinstance(w, int)) or w < 1 for w in self.widths):
             raise ValueError(f"SmallVGGConfig.widths: expected a non-empty tuple of positive ints, got {self.widths!r}")
         factor = 2 ** len(self.widths)
@@ -97,7 +112,17 @@ class SmallVGG(Backbone):
                     c_in = width
                 stages[f"pool{b}"] = nn.MaxPool2d(2)
             self.stages = nn.ModuleDict(stages)
-            self.head = nn.Linear(c_in, config.n_classes)
+            if config.head == "conv":
+                layers: list[nn.Module] = []
+                for i in range(config.head_convs):
+                    conv = nn.Conv2d(c_in, c_in, kernel_size=3, stride=2 if i == 0 else 1, padding=1,
+                                     bias=not config.batch_norm)
+                    nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+                    if conv.bias is not None:
+                        nn.init.zeros_(conv.bias)
+                    layers += [conv, *([nn.BatchNorm2d(c_in)] if config.batch_norm else []), nn.ReLU()]
+                self.head_conv = nn.Sequential(*layers)
+            self.head = nn.Linear(c_in * (1 if config.head == "avg" else 2), config.n_classes)
         self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -106,7 +131,11 @@ class SmallVGG(Backbone):
 
     def logits_from_top(self, top: torch.Tensor) -> torch.Tensor:
         """Head on top-layer activations ``(N, C, H, W)`` -> logits ``(N, n_classes)``."""
-        return self.head(top.mean(dim=(2, 3)))
+        if self.config.head == "avg":
+            return self.head(top.mean(dim=(2, 3)))
+        if self.config.head == "conv":
+            top = self.head_conv(top)
+        return self.head(torch.cat([top.mean(dim=(2, 3)), top.amax(dim=(2, 3))], dim=1))
 
     def classify(self, images: torch.Tensor) -> torch.Tensor:
         """Class logits ``(N, n_classes)`` of ``images`` ``(N, 3, S, S)`` in ``[0, 1]``."""

@@ -18,90 +18,20 @@ import math
 import os
 import platform
 import time
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from pyro_backpass.backbones.augment import AugmentConfig, compose
+from pyro_backpass.backbones.backgrounds import BackgroundBank
 from pyro_backpass.backbones.compositional import compositional_loss, compositionality_error
 from pyro_backpass.backbones.data import BackboneData, build_backbone_data
-from pyro_backpass.backbones.small_vgg import SmallVGG, SmallVGGConfig
+from pyro_backpass.backbones.small_vgg import SmallVGG
+from pyro_backpass.backbones.train_config import BackboneTrainConfig
 
 __all__ = ["BackboneTrainConfig", "train_backbone", "evaluate_backbone", "accuracy", "test_accuracy",
            "clutter_accuracy", "machine_description"]
-
-
-@dataclass(frozen=True)
-class BackboneTrainConfig:
-    """Everything that decides a trained SmallVGG (its cache key is a hash of this).
-
-    Architecture: ``input_size``, ``widths``, ``convs_per_block``. Data: ``n_train``/``n_test``
-    objects per category, ``n_clutter_scenes`` per category, ``n_scenes`` held-out scenes,
-    ``data_seed``. Optimisation: AdamW with a one-cycle schedule. Augmentation: see
-    :class:`~pyro_backpass.backbones.augment.AugmentConfig`. ``seed`` drives the initialisation,
-    shuffling and augmentation. ``threads``: torch CPU threads while training (0 keeps the current
-    setting); on a shared machine 1 thread can be faster than 2 (measured 75 vs 138 ms/image at
-    load ~7 on 2 cores), and the thread count can change float summation order, hence the weights.
-    **Status (2-core CPU):** these defaults (8 epochs, training backgrounds that include the scene
-    generator's textures) reach test/clutter accuracy 0.85/0.55 in 795 s of training at load ~2 with
-    2 threads (``python -m scripts.train_backbone --out runs/backbone_e8 --epochs 8``). Earlier, with
-    smooth-noise backgrounds only and at load ~5: 3 epochs gave 0.50/0.36, 6 epochs 0.80/0.48. None
-    meets the 0.95/0.85 target: more sample-efficient training is still needed.
-    ``compositional_fraction``: the share of each batch whose object-alone copy also goes through
-    the network for the compositional loss (the copies cost a forward and backward pass each).
-    """
-
-    input_size: int = 96
-    widths: tuple[int, ...] = (24, 48, 96)
-    convs_per_block: int = 2
-    batch_norm: bool = True
-    n_train: int = 500
-    n_test: int = 100
-    n_clutter_scenes: int = 50
-    n_scenes: int = 100
-    data_seed: int = 0
-    epochs: int = 8
-    batch_size: int = 32
-    lr: float = 3e-3
-    weight_decay: float = 5e-4
-    p_background: float = 0.7
-    p_clutter: float = 0.7
-    max_clutter: int = 3
-    p_occlude: float = 0.3
-    p_flip: float = 0.5
-    gain: float = 0.25
-    target_extent_min: float = 0.45
-    compositional: bool = False
-    compositional_weight: float = 2.0
-    compositional_fraction: float = 0.5
-    seed: int = 0
-    threads: int = 0
-
-    def __post_init__(self):
-        if self.threads < 0:
-            raise ValueError(f"BackboneTrainConfig.threads: expected >= 0, got {self.threads!r}")
-        for name in ("n_train", "n_test", "epochs", "batch_size", "n_clutter_scenes", "n_scenes"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"BackboneTrainConfig.{name}: expected >= 1, got {getattr(self, name)!r}")
-        if not self.lr > 0:
-            raise ValueError(f"BackboneTrainConfig.lr: expected > 0, got {self.lr!r}")
-        if not 0 < self.compositional_fraction <= 1:
-            raise ValueError("BackboneTrainConfig.compositional_fraction: expected a value in (0, 1], "
-                             f"got {self.compositional_fraction!r}")
-        if self.compositional_weight < 0:
-            raise ValueError("BackboneTrainConfig.compositional_weight: expected >= 0, "
-                             f"got {self.compositional_weight!r}")
-
-    def model_config(self, n_classes: int) -> SmallVGGConfig:
-        return SmallVGGConfig(self.input_size, tuple(self.widths), self.convs_per_block, n_classes, self.seed,
-                              self.batch_norm)
-
-    def augment_config(self) -> AugmentConfig:
-        return AugmentConfig(p_background=self.p_background, p_clutter=self.p_clutter, max_clutter=self.max_clutter,
-                             p_occlude=self.p_occlude, target_extent=(self.target_extent_min, 0.95), p_flip=self.p_flip,
-                             gain=self.gain)
 
 
 def machine_description() -> str:
@@ -154,23 +84,45 @@ def evaluate_backbone(model: SmallVGG, data: BackboneData) -> dict:
             "compositionality_error": compositionality_error(model, scenes, data.scene_masks, objects)}
 
 
+def _downsized(pool: tuple, size: int) -> tuple:
+    """The training pool ``(images, masks, categories, backgrounds)`` at a lower resolution (antialiased).
+
+    Masks become soft (area fractions): with the premultiplied images they are exact alphas.
+    """
+    images, masks, categories, backgrounds = pool
+    x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    m = F.interpolate(masks.float().unsqueeze(1), size=(size, size), mode="area")[:, 0]
+    small = backgrounds.resized(size) if backgrounds is not None else None
+    return x.mul(255).round().clamp(0, 255).to(torch.uint8), m, categories, small
+
+
 def _train_step(model: SmallVGG, batch: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
-                config: BackboneTrainConfig, gen: torch.Generator, pool: tuple[torch.Tensor, torch.Tensor],
-                aug: AugmentConfig) -> tuple[torch.Tensor, dict]:
-    comp = compose(batch, masks, pool[0], pool[1], aug, gen)
+                config: BackboneTrainConfig, gen: torch.Generator, pool: tuple, aug: AugmentConfig,
+                comp_weight: float) -> tuple[torch.Tensor, dict]:
+    comp = compose(batch, masks, pool[0], pool[1], aug, gen, target_categories=labels, pool_categories=pool[2],
+                   backgrounds=pool[3])
     B = batch.shape[0]
+    # bf16 autocast: the convs run on the CPU's bf16 units (measured ~1.8x faster per image here);
+    # weights, optimiser state and the losses stay float32.
+    autocast = torch.autocast(comp.scene.device.type, dtype=torch.bfloat16, enabled=config.bf16)
     if not config.compositional:
-        logits = model.classify(comp.scene.contiguous(memory_format=torch.channels_last))
-        loss = F.cross_entropy(logits, labels)
+        with autocast:
+            top = model.activations(comp.scene.contiguous(memory_format=torch.channels_last),
+                                    layers=[model.layer_names()[-1]], any_size=True)[0]
+            logits = model.logits_from_top(top)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
         return loss, {"ce": loss.item(), "acc": (logits.argmax(1) == labels).float().mean().item()}
     # One pass over the scenes and the first k objects alone: the shared weights see both in one batch.
     k = max(1, round(config.compositional_fraction * B))
     x = torch.cat([comp.scene, comp.object[:k]]).contiguous(memory_format=torch.channels_last)
-    acts = model.activations(x)[1:]
-    logits = model.logits_from_top(acts[-1])
-    ce = F.cross_entropy(logits, torch.cat([labels, labels[:k]]))
+    with autocast:
+        acts = model.activations(x, any_size=True)[1:]
+        logits = model.logits_from_top(acts[-1])
+    acts = [a.float() for a in acts]
+    ce = F.cross_entropy(logits.float(), torch.cat([labels, labels[:k]]), label_smoothing=config.label_smoothing)
     comp_loss, _ = compositional_loss([a[:k] for a in acts], [a[B:] for a in acts], comp.mask[:k])
-    loss = ce + config.compositional_weight * comp_loss
+    loss = ce + comp_weight * comp_loss
     acc = (logits[:B].argmax(1) == labels).float().mean().item()
     return loss, {"ce": ce.item(), "comp": comp_loss.item(), "acc": acc}
 
@@ -215,20 +167,28 @@ def _train(config: BackboneTrainConfig, progress: bool, data: BackboneData | Non
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total, pct_start=0.15)
     gen = torch.Generator().manual_seed(config.seed)
     aug = config.augment_config()
-    pool = (data.train_images, data.train_masks)
     load_start = _load_average()
-    t1 = time.perf_counter()
+    t1 = time.perf_counter()  # training time includes preparing the pools and the background bank
+    backgrounds = BackgroundBank(config.n_backgrounds, S, gen) if config.n_backgrounds else None
+    pools = {S: (data.train_images, data.train_masks, data.train_categories, backgrounds)}
+    if config.warmup_epochs:
+        pools[config.warmup_size] = _downsized(pools[S], config.warmup_size)
     stats: dict = {}
     with tqdm(total=total, desc="training SmallVGG" + (" (compositional)" if config.compositional else ""),
               disable=not progress) as bar:
-        for _ in range(config.epochs):
+        step = 0
+        for epoch in range(config.epochs):
+            pool = pools[config.warmup_size if epoch < config.warmup_epochs else S]
             perm = torch.randperm(N, generator=gen)
             for start in range(0, N, config.batch_size):
                 idx = perm[start:start + config.batch_size]
-                imgs = data.train_images[idx]
+                imgs = pool[0][idx]
                 imgs = imgs.float() / 255 if imgs.dtype == torch.uint8 else imgs.float()
-                loss, stats = _train_step(model, imgs, data.train_masks[idx], data.train_categories[idx], config,
-                                          gen, pool, aug)
+                # The compositional term ramps in linearly over the first compositional_warmup of the steps.
+                ramp = min(1.0, step / (config.compositional_warmup * total)) if config.compositional_warmup else 1.0
+                loss, stats = _train_step(model, imgs, pool[1][idx], pool[2][idx], config, gen, pool, aug,
+                                          config.compositional_weight * ramp)
+                step += 1
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

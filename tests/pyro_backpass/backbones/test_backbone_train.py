@@ -91,6 +91,31 @@ def test_compositional_training_lowers_the_compositionality_error():
     assert mean["comp"] < mean["plain"], (plain["compositionality_error"], comp["compositionality_error"])
 
 
+def test_low_resolution_warmup_trains_and_is_deterministic():
+    data = toy.toy_backbone_data(32, 8)
+    cfg = dataclasses.replace(TINY, epochs=2, warmup_fraction=0.5, warmup_size=16, n_backgrounds=4)
+    assert cfg.warmup_epochs == 1
+    a, ma = train_backbone(cfg, progress=False, data=data)
+    b, mb = train_backbone(cfg, progress=False, data=data)
+    assert ma["compositionality_error"] == mb["compositionality_error"]
+    assert all(torch.equal(va, vb) for va, vb in zip(a.state_dict().values(), b.state_dict().values()))
+    c, _ = train_backbone(dataclasses.replace(cfg, warmup_fraction=0.0), progress=False, data=data)
+    assert not torch.equal(a.stages["conv1_1"][0].weight, c.stages["conv1_1"][0].weight)
+
+
+def test_bad_training_config_is_a_clear_error():
+    with pytest.raises(ValueError, match="warmup_size"):
+        dataclasses.replace(TINY, warmup_fraction=0.5, warmup_size=18)  # not a multiple of 4
+    with pytest.raises(ValueError, match="warmup_fraction"):
+        dataclasses.replace(TINY, warmup_fraction=1.0)
+    # a warm-up size that is not below the input size means no warm-up (small configs), not an error
+    assert dataclasses.replace(TINY, warmup_fraction=0.5, warmup_size=32).warmup_epochs == 0
+    with pytest.raises(ValueError, match="label_smoothing"):
+        dataclasses.replace(TINY, label_smoothing=1.0)
+    with pytest.raises(ValueError, match="compositional_warmup"):
+        dataclasses.replace(TINY, compositional_warmup=-0.1)
+
+
 def test_wrong_data_size_is_a_clear_error():
     data = toy.toy_backbone_data(32, 4)
     with pytest.raises(ValueError, match="input_size=64"):
@@ -106,6 +131,15 @@ def test_save_and_load_round_trip(tmp_path):
     torch.testing.assert_close(back.classify(x), m.eval().classify(x))
     with pytest.raises(FileNotFoundError, match="missing.safetensors"):
         load_small_vgg(tmp_path / "missing.safetensors")
+    # A file written before the head was configurable (no "head" in its config) loads as "avg".
+    import json
+
+    from safetensors.torch import save_file
+
+    old_cfg = {k: v for k, v in dataclasses.asdict(m.config).items() if k != "head"}
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(tmp_path / "old.safetensors"),
+              metadata={"format_version": "1", "config": json.dumps(old_cfg), "layer_specs": "[]"})
+    assert load_small_vgg(tmp_path / "old.safetensors").config.head == "avg"
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
     with pytest.raises(ValueError, match="junk.safetensors"):
         load_small_vgg(tmp_path / "junk.safetensors")

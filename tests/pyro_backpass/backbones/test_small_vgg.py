@@ -73,3 +73,23 @@ def test_initialisation_depends_on_seed_only():
     assert torch.equal(state, torch.get_rng_state())  # the global RNG is untouched
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)
+
+
+@pytest.mark.parametrize("head", ["avg", "avgmax", "conv"])
+def test_heads_give_logits_and_leave_the_layers_alone(head):
+    m = SmallVGG(SmallVGGConfig(input_size=16, widths=(4, 6), n_classes=3, head=head))
+    assert m.classify(torch.rand(2, 3, 16, 16)).shape == (2, 3)
+    assert [s.name for s in m.layer_specs()][-1] == "pool2"  # the head is never a layer of the hierarchy
+    assert m.layer_specs() == SmallVGG(SmallVGGConfig(input_size=16, widths=(4, 6), n_classes=3)).layer_specs()
+    with pytest.raises(ValueError, match="head"):
+        SmallVGGConfig(head="mlp")
+
+
+def test_any_size_runs_the_stack_on_other_resolutions_only_when_asked():
+    m = SmallVGG(SmallVGGConfig(input_size=16, widths=(4, 6), n_classes=2))
+    acts = m.activations(torch.rand(2, 3, 8, 8), any_size=True)
+    assert acts[-1].shape == (2, 6, 2, 2)
+    with pytest.raises(ValueError, match=r"\(N, 3, 16, 16\)"):
+        m.activations(torch.rand(2, 3, 8, 8))
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\)"):
+        m.activations(torch.rand(2, 1, 8, 8), any_size=True)

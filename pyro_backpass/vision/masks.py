@@ -1,16 +1,16 @@
 """Instance masks from a backward pass: where the top-down prediction says the object is (DESIGN §4).
 
 The rule, measured better than the image layer's on-set in the feasibility runs (DESIGN §9): take the
-top-down prediction ``f̃ = φ_l(F^{l+1}_td, γ^l, δ^l)`` (eq. 6) of an early feature layer (conv1_2 by
-default), call a pixel *predicted* where its per-pixel channel norm is above ``fraction`` of its
-maximum over the map, and keep the predicted pixels that pass a bottom-up *gate*, a test that the
+top-down prediction ``f̃ = φ_l(F^{l+1}_td, γ^l, δ^l)`` (eq. 6) of a feature layer (conv3_2 by
+default), call a pixel *predicted* where its per-pixel channel norm (by default of ``f̃`` minus the
+backbone's response to an empty image) is above ``fraction`` of its maximum over the map, and keep the predicted pixels that pass a bottom-up *gate*, a test that the
 scene agrees with the prediction there. The gates:
 
-- ``"agreement"`` (default): the per-pixel log-likelihood ratio of the layer's observation under the
+- ``"agreement"``: the per-pixel log-likelihood ratio of the layer's observation under the
   prediction against the empty explanation, ``Σ_c [v(f_bu, f̃) - v(f_bu, 0)] > threshold`` where ``v``
   is the value of eq. 13 (:func:`~pyro_backpass.distributions.max_joint`). It asks the model itself
   whether the object explains the pixel better than nothing does, so it works on any background;
-- ``"colour"``: a two-class colour model of the scene pixels (one diagonal Gaussian in RGB for the
+- ``"colour"`` (default): a two-class colour model of the scene pixels (one diagonal Gaussian in RGB for the
   object, one for the rest), fitted by a few EM steps with the predicted region as the prior
   probability of "object" (``prior_in`` inside it, ``1 - prior_in`` outside): pixels whose colour
   the object class explains better than the background class stay. It needs no black background and
@@ -18,6 +18,12 @@ scene agrees with the prediction there. The gates:
 - ``"nonblack"``: the scene pixel is not black (the feasibility run's gate; only meaningful on black
   backgrounds, kept for comparison);
 - ``"none"``: no gate.
+
+Defaults measured on 40 validation scenes (split ``val``, seed 1) of the default model (first-pass
+IoU; 2-core CPU): conv3_2 at 0.6 of its peak, relative to the empty image, colour gate 0.394; the
+same at 0.5 0.388, at 0.4 0.346; not relative 0.26 at 0.4-0.5; pool3 0.38; conv1_2 and conv2_2 at
+most 0.21; every pixel 0.073. With the compositional backbone the lower layers do as well
+(conv2_2 at 0.6 with the colour gate 0.408, conv1_2 0.394).
 
 The rule is one replaceable function with the signature of :func:`instance_masks`; any function
 ``rule(hierarchy, f_bu, result) -> (B, N, S, S) bool`` can be passed where a mask rule is taken.
@@ -53,18 +59,20 @@ class MaskConfig:
     :param int smooth: side of a box filter applied to the gate's log-ratio map before thresholding
         (1: none); the ratio of one pixel is noisy, a small neighbourhood is not.
     :param bool relative: measure the prediction's strength against the backbone's response to an
-        empty (black) image, given as ``background`` to :func:`instance_masks`, instead of against 0.
+        empty (black) image, given as ``background`` to :func:`instance_masks`, instead of against 0;
+        with no ``background`` (a hierarchy without a backbone, e.g. a toy) the empty image's
+        activations are taken to be 0, so the two rules agree.
     :param float prior_in: the colour gate's prior probability of "object" inside the predicted region.
     :param int colour_iters: EM steps of the colour gate.
     """
 
     layer: str = "conv3_2"
-    fraction: float = 0.4
+    fraction: float = 0.6
     gate: str = "colour"
     gate_layer: str = ""
     gate_threshold: float = 0.0
     smooth: int = 3
-    relative: bool = False
+    relative: bool = True
     prior_in: float = 0.9
     colour_iters: int = 5
 
@@ -148,17 +156,14 @@ def instance_masks(hierarchy: Hierarchy, f_bu: list[torch.Tensor], result: Backw
         is the image (N, 3, S, S).
     :param BackwardResult result: its result.
     :param list background: ``L`` maps (C_l, H_l, W_l), the backbone's activations of an empty image
-        (needed when ``config.relative``).
+        (used when ``config.relative``; ``None``: zeros).
     :returns: (B, N, S, S) bool.
     """
     config = config or MaskConfig()
     S = hierarchy.specs[0].height
     l = hierarchy.layer_index(config.layer)
     f_tilde = top_down_prediction(hierarchy, result, l)
-    if config.relative:
-        if background is None:
-            raise ValueError("background: the relative mask rule needs the backbone's empty-image activations, "
-                             "got None")
+    if config.relative and background is not None:
         strength = (f_tilde - background[l]).norm(dim=-3)
     else:
         strength = f_tilde.norm(dim=-3)                                        # (B, N, H, W)

@@ -3,7 +3,8 @@
 The rule, measured better than the image layer's on-set in the feasibility runs (DESIGN §9): take the
 top-down prediction ``f̃ = φ_l(F^{l+1}_td, γ^l, δ^l)`` (eq. 6) of a feature layer (conv3_2 by
 default), call a pixel *predicted* where its per-pixel channel norm (by default of ``f̃`` minus the
-backbone's response to an empty image) is above ``fraction`` of its maximum over the map, and keep the predicted pixels that pass a bottom-up *gate*, a test that the
+backbone's response to an empty image) is above ``fraction`` of its maximum over the map, and keep
+the predicted pixels that pass a bottom-up *gate*, a test that the
 scene agrees with the prediction there. The gates:
 
 - ``"agreement"``: the per-pixel log-likelihood ratio of the layer's observation under the

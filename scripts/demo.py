@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from models.activation import activation_model  # noqa: E402
+from pyro_backpass.allocator import keep_freed_memory
 from pyro_backpass.cli import THREADS_HELP, add_config_args, config_from_args, set_threads  # noqa: E402
 from pyro_backpass.data import ObjectDataset, ObjectDatasetConfig  # noqa: E402
 from pyro_backpass.io import atomic_save_figure, write_run_files  # noqa: E402
@@ -53,6 +54,7 @@ def main(argv=None) -> dict:
     ensure_model(config.model, args.quiet)
     t1 = time.perf_counter()
     set_threads(args.threads)  # after training, which has its own thread use
+    keep_freed_memory()  # many passes follow: reuse their temporaries (pyro_backpass.allocator)
     trained = load_trained(config.model)
     objects = ObjectDataset(ObjectDatasetConfig(n=24, size=trained.size, split="test", seed=config.seed),
                             progress=False)

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from models.activation import activation_model
+from pyro_backpass.allocator import keep_freed_memory
 from pyro_backpass.cli import THREADS_HELP, add_config_args, config_from_args, set_threads
 from pyro_backpass.data import SceneDataset
 from pyro_backpass.io import write_run_files
@@ -70,6 +71,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     args = parser.parse_args(argv)
     set_threads(args.threads)
+    keep_freed_memory()  # many passes follow: reuse their temporaries (pyro_backpass.allocator)
     config = config_from_args(EvaluateConfig, args)
     torch.manual_seed(config.seed)
     t0 = time.perf_counter()

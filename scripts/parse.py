@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from models.activation import activation_model  # noqa: E402
+from pyro_backpass.allocator import keep_freed_memory
 from pyro_backpass.cli import THREADS_HELP, add_config_args, config_from_args, set_threads  # noqa: E402
 from pyro_backpass.io import atomic_save_figure, write_run_files  # noqa: E402
 from pyro_backpass.vision import MaskConfig, load_trained  # noqa: E402
@@ -82,6 +83,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
     args = parser.parse_args(argv)
     set_threads(args.threads)
+    keep_freed_memory()  # many passes follow: reuse their temporaries (pyro_backpass.allocator)
     scan, parse = config_from_args(ScanConfig, args), config_from_args(ParseConfig, args)
     trained = load_trained(args.model)
     trained.hierarchy.check_category(args.category)

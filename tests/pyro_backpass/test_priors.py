@@ -235,3 +235,15 @@ def test_bad_input_errors():
         prior.set_counts([torch.zeros(2, 3), torch.zeros(2, 4), torch.zeros(2, 3)])
     with pytest.raises(ValueError, match=r"counts\[2\]: expected counts >= 0"):
         prior.set_counts([torch.zeros(3, 2), torch.zeros(4, 3), -torch.ones(2, 4)])
+
+
+@pytest.mark.parametrize("shapes", [[(2,), (3,)], [(4, 1, 1), (2, 3)], [(), (5, 1)], [(1, 3), (2, 1, 1)]])
+def test_batch_shape_matches_torch_broadcasting(shapes):
+    history = [torch.zeros(s, dtype=torch.long) for s in shapes]
+    try:
+        expected = torch.broadcast_shapes(*shapes)
+    except RuntimeError:
+        with pytest.raises(ValueError, match="broadcast together"):
+            GammaPrior._batch_shape(history)
+        return
+    assert GammaPrior._batch_shape(history) == expected

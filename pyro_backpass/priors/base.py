@@ -16,6 +16,7 @@ import pyro.poutine.util
 import torch
 from torch import nn
 
+from ..distributions.functional import broadcast_shape
 from ..validation import check_index_range, check_tensor
 
 __all__ = ["GammaPrior"]
@@ -113,20 +114,11 @@ class GammaPrior(nn.Module):
 
     @staticmethod
     def _batch_shape(history: Sequence[torch.Tensor]) -> torch.Size:
-        # Plain Python: torch.broadcast_shapes goes through torch._refs and cost ~0.25 ms per call,
-        # a few percent of a whole backward pass (measured with cProfile).
-        out: list[int] = []
-        for h in history:
-            shape = tuple(h.shape)
-            if len(shape) > len(out):
-                out = [1] * (len(shape) - len(out)) + out
-            for i, size in enumerate(shape, len(out) - len(shape)):
-                if size != out[i]:
-                    if out[i] != 1 and size != 1:
-                        shapes = [tuple(x.shape) for x in history]
-                        raise ValueError(f"history: expected shapes that broadcast together, got {shapes}")
-                    out[i] = max(out[i], size)
-        return torch.Size(out)
+        try:  # the shared plain-Python broadcast: torch.broadcast_shapes cost ~0.25 ms per call here
+            return torch.Size(broadcast_shape(*(h.shape for h in history)))
+        except RuntimeError:
+            shapes = [tuple(h.shape) for h in history]
+            raise ValueError(f"history: expected shapes that broadcast together, got {shapes}") from None
 
     @staticmethod
     def _uniform_table(K: int) -> torch.Tensor:

@@ -42,7 +42,8 @@ class TrainConfig:
     Data: ``n_train`` training instances (``train_on="instances"``: the airplanes of training scenes, each
     alone on black at its scene position and scale; ``"objects"``: centred single renders), ``n_val``
     held-out ones, ``n_obs_scenes`` training scenes for the observation fit. Hierarchy: ``layers``
-    (empty = every layer of the backbone), ``K`` below the top and ``K_top`` at the top. Backbone:
+    (empty = every layer of the backbone), ``K`` below the top and ``K_top`` at the top, whose offsets range over
+    ``[-top_offset_radius, top_offset_radius]²`` cells (the paper's 2). Backbone:
     ``backbone`` (``small_vgg`` or ``vgg16`` with ``backbone_weights``) and the SmallVGG training
     budget (``0``/empty: the :class:`~pyro_backpass.backbones.BackboneTrainConfig` defaults, so the default
     run shares its cached backbone with ``python -m scripts.train_backbone``).
@@ -57,6 +58,7 @@ class TrainConfig:
     layers: tuple[str, ...] = ("image", "conv1_2", "pool1", "conv2_2", "pool2", "conv3_2", "pool3")
     K: int = 5
     K_top: int = 48
+    top_offset_radius: int = 2
     prior_order: int = 2
     alpha: float = 1.0
     em_iterations: int = 5
@@ -187,7 +189,7 @@ def run_training(model, config: TrainConfig, out: str | Path, progress: bool = T
         if unknown:
             raise ValueError(f"layers: expected names among {known}, got unknown {unknown}")
         specs = [s for s in specs if s.name in config.layers]
-    specs = with_mixture(specs, K=config.K, K_top=config.K_top)
+    specs = with_mixture(specs, K=config.K, K_top=config.K_top, top_pool_radius=config.top_offset_radius)
     t = time.perf_counter()
     with distributed.main_first("the data: rendered once, then read from the cache"):
         train_images, train_cats = _training_images(config, "train", config.n_train, progress)

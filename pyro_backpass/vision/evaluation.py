@@ -70,6 +70,7 @@ class EvaluateConfig:
     :param str mask_layer, mask_gate: the instance-mask rule (:class:`MaskConfig`).
     :param float mask_fraction, mask_gate_threshold: its thresholds.
     :param bool mask_relative: measure the prediction against the empty image's activations.
+    :param float mask_core_fraction, mask_core_prior: the ``"core_colour"`` gate's core and prior.
     """
 
     scenes: int = 200
@@ -91,10 +92,13 @@ class EvaluateConfig:
     mask_gate: str = MaskConfig.gate
     mask_gate_threshold: float = MaskConfig.gate_threshold
     mask_relative: bool = MaskConfig.relative
+    mask_core_fraction: float = MaskConfig.core_fraction
+    mask_core_prior: float = MaskConfig.core_prior
 
     def mask_config(self) -> MaskConfig:
         return MaskConfig(layer=self.mask_layer, fraction=self.mask_fraction, gate=self.mask_gate,
-                          gate_threshold=self.mask_gate_threshold, relative=self.mask_relative)
+                          gate_threshold=self.mask_gate_threshold, relative=self.mask_relative,
+                          core_fraction=self.mask_core_fraction, core_prior=self.mask_core_prior)
 
     def parse_config(self) -> ParseConfig:
         return ParseConfig(max_steps=self.max_steps, evidence_threshold=self.evidence_threshold,

@@ -11,7 +11,8 @@ from scripts import train
 def test_train_tiny_end_to_end_and_resume(tmp_path, monkeypatch):
     monkeypatch.setenv("PYRO_BACKPASS_CACHE", str(tmp_path / "cache"))
     flags = ["--config", "tiny", "--out", str(tmp_path / "run"), "--quiet", "--n-train", "8", "--n-val", "4",
-             "--n-obs-scenes", "2", "--backbone-n-train", "6", "--em-iterations", "2", "--em-batch-size", "4"]
+             "--n-obs-scenes", "2", "--backbone-n-train", "6", "--em-iterations", "2", "--em-batch-size", "4",
+             "--top-offset-radius", "3"]
     metrics = train.main(flags)
     written = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert written["final_log_likelihood"] == pytest.approx(metrics["final_log_likelihood"])
@@ -22,6 +23,7 @@ def test_train_tiny_end_to_end_and_resume(tmp_path, monkeypatch):
     assert (tmp_path / "run" / "log_likelihood.png").stat().st_size > 0
     h = load_hierarchy(tmp_path / "run" / "model")
     assert h.specs[-1].name == "pool3" and h.specs[0].name == "image"
+    assert h.specs[-1].offset_radius == 3 and h.specs[-3].offset_radius == 1  # the flag reaches the top only
     # A second run finds every stage cached and the EM checkpoint complete.
     again = train.main(flags)
     assert again["final_log_likelihood"] == pytest.approx(metrics["final_log_likelihood"])

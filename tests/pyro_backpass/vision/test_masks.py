@@ -76,7 +76,8 @@ def test_nonblack_gate_uses_the_image():
 
 
 @pytest.mark.parametrize("kwargs, match", [({"gate": "maybe"}, "gate"), ({"fraction": 2.0}, "fraction"),
-                                           ({"smooth": 2}, "smooth")])
+                                           ({"smooth": 2}, "smooth"), ({"core_fraction": 0.3}, "core_fraction"),
+                                           ({"core_prior": 1.0}, "core_prior")])
 def test_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MaskConfig(**kwargs)
@@ -119,3 +120,47 @@ def test_relative_rule_measures_against_the_background(tiny_trained, tiny_images
     zeros = [torch.zeros_like(b) for b in bg]
     assert torch.equal(instance_masks(h, f_bu, res.backward, MaskConfig(relative=True), zeros),
                        instance_masks(h, f_bu, res.backward, MaskConfig(relative=False)))
+
+
+def _thin_object_scene():
+    """A thin red bar on a noisy green background; the predicted region is a loose box mostly of
+    background (like a blurry template over a thin airplane), strongest on part of the bar."""
+    g = torch.Generator().manual_seed(0)
+    img = torch.zeros(1, 3, 24, 24)
+    img[:, 1] = 0.3 + 0.1 * torch.rand(24, 24, generator=g)
+    img[:, 0, 11:13, 4:20] = 0.9
+    img[:, 1, 11:13, 4:20] = 0.1
+    strength = torch.zeros(1, 1, 24, 24)
+    strength[..., 4:20, 2:22] = 0.5
+    strength[..., 10:14, 8:16] = 1.0
+    want = torch.zeros(24, 24, dtype=torch.bool)
+    want[11:13, 4:20] = True
+    return img, strength, want
+
+
+def test_core_colour_gate_recovers_a_thin_object_in_a_region_of_mostly_background():
+    from pyro_backpass.vision.masks import core_colour_posterior
+
+    img, strength, want = _thin_object_scene()
+    region = strength >= 0.4
+    q = core_colour_posterior(img, strength, core=0.9, outside=0.4, prior=0.3)
+    assert q.shape == strength.shape
+    assert torch.equal(region[0, 0] & (q[0, 0] > 0.5), want)
+
+
+def test_core_colour_posterior_is_the_two_gaussian_log_odds():
+    from pyro_backpass.vision.masks import core_colour_posterior
+
+    img, strength, _ = _thin_object_scene()
+    img = img.double()
+    q = core_colour_posterior(img, strength, core=0.9, outside=0.4, prior=0.3, floor=0.02)[0, 0]
+    x = img[0].flatten(1)                                         # (3, P)
+    st = strength.flatten()
+
+    def log_density(sel):
+        mu = x[:, sel].mean(1, keepdim=True)
+        var = x[:, sel].var(1, unbiased=False, keepdim=True) + 0.02 ** 2
+        return (-0.5 * (x - mu) ** 2 / var - 0.5 * var.log()).sum(0)
+
+    log_odds = log_density(st >= 0.9) - log_density(st < 0.4) + torch.log(torch.tensor(0.3 / 0.7)).double()
+    torch.testing.assert_close(q.flatten(), torch.sigmoid(log_odds))

@@ -81,7 +81,7 @@ class MaskConfig:
     :param float prior_in: the colour gate's prior probability of "object" inside the predicted region.
     :param int colour_iters: EM steps of the colour gate.
     :param float core_fraction: the ``"core_colour"`` gate fits the object's colour where
-        ``‖f̃‖ ≥ core_fraction · max ‖f̃‖`` (at least ``fraction``).
+        ``‖f̃‖ ≥ core_fraction · max ‖f̃‖`` (at least ``fraction`` for that gate).
     :param float core_prior: the ``"core_colour"`` gate's prior probability of "object" inside the region.
     """
 
@@ -106,9 +106,11 @@ class MaskConfig:
             raise ValueError(f"smooth: expected an odd int >= 1, got {self.smooth!r}")
         if not 0.5 < self.prior_in < 1.0:
             raise ValueError(f"prior_in: expected a probability in (0.5, 1), got {self.prior_in!r}")
-        if not self.fraction <= self.core_fraction <= 1.0:
-            raise ValueError(f"core_fraction: expected a value in [fraction, 1] = [{self.fraction}, 1], "
-                             f"got {self.core_fraction!r}")
+        # The core must lie inside the region only where it is used: other gates take any fraction.
+        low = self.fraction if self.gate == "core_colour" else 0.0
+        if not low <= self.core_fraction <= 1.0:
+            raise ValueError(f"core_fraction: expected a value in [{low}, 1] (at least fraction for the "
+                             f"'core_colour' gate), got {self.core_fraction!r}")
         if not 0.0 < self.core_prior < 1.0:
             raise ValueError(f"core_prior: expected a probability in (0, 1), got {self.core_prior!r}")
 

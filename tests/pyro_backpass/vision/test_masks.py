@@ -164,3 +164,9 @@ def test_core_colour_posterior_is_the_two_gaussian_log_odds():
 
     log_odds = log_density(st >= 0.9) - log_density(st < 0.4) + torch.log(torch.tensor(0.3 / 0.7)).double()
     torch.testing.assert_close(q.flatten(), torch.sigmoid(log_odds))
+
+
+def test_core_fraction_bounds_the_region_only_for_the_core_gate():
+    assert MaskConfig(fraction=0.95, gate="none").fraction == 0.95
+    with pytest.raises(ValueError, match="core_fraction"):
+        MaskConfig(fraction=0.95, gate="core_colour")

@@ -81,6 +81,48 @@ def test_training_is_deterministic_for_a_seed():
     assert not torch.equal(a.stages["conv1_1"][0].weight, c.stages["conv1_1"][0].weight)
 
 
+def test_prefetching_batches_in_a_thread_gives_the_same_weights_as_the_serial_loop():
+    data = toy.toy_backbone_data(32, 8)
+    cfg = dataclasses.replace(TINY, epochs=2, n_train=16, warmup_fraction=0.5, warmup_size=16, n_backgrounds=4,
+                              p_clutter=1.0, compositional=True)
+    serial, ms = train_backbone(dataclasses.replace(cfg, prefetch=0), progress=False, data=data)
+    ahead, ma = train_backbone(dataclasses.replace(cfg, prefetch=3), progress=False, data=data)
+    for (k, va), vb in zip(serial.state_dict().items(), ahead.state_dict().values()):
+        assert torch.equal(va, vb), k
+    assert ms["final_loss"] == ma["final_loss"]
+
+
+def test_prefetch_reraises_the_producer_error_and_stops_the_producer_early():
+    from pyro_backpass.backbones.train import _prefetched
+
+    def items():
+        yield 1
+        yield 2
+        raise RuntimeError("compose failed")
+
+    got = []
+    with pytest.raises(RuntimeError, match="compose failed"):
+        for x in _prefetched(items(), depth=1, threads=1):
+            got.append(x)
+    assert got == [1, 2]
+    produced = []
+
+    def endless():
+        i = 0
+        while True:
+            produced.append(i)
+            yield i
+            i += 1
+
+    for x in _prefetched(endless(), depth=2, threads=1):
+        if x == 3:
+            break
+    n = len(produced)
+    assert n <= 3 + 2 + 2  # at most depth ahead, plus one blocked in put and one being made
+    with pytest.raises(ValueError, match="prefetch"):
+        dataclasses.replace(TINY, prefetch=-1)
+
+
 def test_compositional_training_lowers_the_compositionality_error():
     data = toy.toy_backbone_data(32, 12)
     cfg = dataclasses.replace(TINY, epochs=4, p_clutter=1.0, p_background=1.0, compositional_weight=3.0)

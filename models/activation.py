@@ -33,7 +33,7 @@ import torch
 from pyro.ops.indexing import Vindex
 
 from pyro_backpass import sites
-from pyro_backpass.distributions import PiecewiseGaussian, max_joint
+from pyro_backpass.distributions import PiecewiseGaussian, argmax_joint
 from pyro_backpass.gaussian_scores import gaussian_score_table
 from pyro_backpass.handlers import layer_end
 from pyro_backpass.hierarchy import Hierarchy
@@ -207,5 +207,5 @@ def _profile_layer(hierarchy: Hierarchy, l: int, upper, gamma, delta, f_bu, sigm
         phi = select_hypotheses(chosen, spec.offset_radius, (), delta)
     else:
         phi = select_hypotheses(comps, 0, index, delta)
-    state[sites.f_td(spec.name)] = max_joint(f_bu, phi, sigma0, **obs)[0]
+    state[sites.f_td(spec.name)] = argmax_joint(f_bu, phi, sigma0, **obs)
     return state

@@ -12,7 +12,13 @@ import math
 
 import torch
 
-__all__ = ["normal_log_density", "max_joint"]
+__all__ = ["normal_log_density", "max_joint", "argmax_joint", "ARGMAX_CHUNK"]
+
+#: elements per chunk of :func:`argmax_joint` on CPU (256 kB in float32). Measured on this project's
+#: 2-core Xeon, 1 thread, beside a training job, over the maps of the default SmallVGG hierarchy: 7.0 ms
+#: per image against 8.2 for ``max_joint(...)[0]`` at batch 1, 5.8 against 12.2 at batch 32 (where
+#: whole-map temporaries leave the cache); 32k- and 128k-element chunks time the same within noise.
+ARGMAX_CHUNK = 1 << 16
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -91,6 +97,85 @@ def max_joint(f_bu, f_tilde, sigma0, lam, beta, sigma1, sigma2):
     if _shape(f_bu.shape, f_tilde.shape) != _broadcast_shape(*tensors):
         return _max_joint_functional(f_bu, f_tilde, *params)
     return _max_joint_inplace(f_bu - f_tilde, f_bu, f_tilde, *params)
+
+
+def argmax_joint(f_bu, f_tilde, sigma0, lam, beta, sigma1, sigma2):
+    """The maximiser alone of :func:`max_joint`: ``max_joint(...)[0]``, bit for bit.
+
+    The greedy pass needs ``F_td`` only under the kept hypotheses, and the value not at all there. On
+    CPU, with no grad, one dtype, ``f_bu`` (..., C, H, W) and parameters that are numbers, scalars or
+    per channel (``(C, 1, 1)``), the same elementwise operations run on cache-sized chunks
+    (:data:`ARGMAX_CHUNK`) in preallocated scratch, which is 1.2-2x faster than whole-map
+    temporaries; anything else falls back to :func:`max_joint`.
+
+    :param f_bu: (..., C, H, W) bottom-up activations, or ``None`` (then the result is ``f_tilde``).
+    :param torch.Tensor f_tilde: (..., C, H, W) top-down means.
+    :returns: ``f_star`` of the broadcast shape.
+    :rtype: torch.Tensor
+    """
+    params = (sigma0, lam, beta, sigma1, sigma2)
+    if f_bu is None or not _chunkable(f_bu, f_tilde, params):
+        return max_joint(f_bu, f_tilde, *params)[0]
+    shape = _shape(f_bu.shape, f_tilde.shape)
+    C, H, W = shape[-3:]
+    S, R = H * W, math.prod(shape[:-3])
+    weight, k0, k1, k2, _ = _coefficients(sigma0, sigma1, sigma2)
+    # Per-channel parameters as (C, 1) to match the (C, S) chunk rows; scalars stay scalars.
+    per = [p.reshape(C, 1) if isinstance(p, torch.Tensor) and p.numel() == C and C > 1 else
+           (p.reshape(()) if isinstance(p, torch.Tensor) else p)
+           for p in (weight, k0, k1, k2, lam, beta, _log(sigma1), _log(sigma2))]
+    out = f_tilde.new_empty(shape)
+    o = out.view(R, C, S)
+    x = f_bu.expand(shape).reshape(R, C, S)  # a view when f_bu only broadcasts over leading dims
+    f = f_tilde.expand(shape).reshape(R, C, S)
+    cb = max(1, min(C, ARGMAX_CHUNK // S))
+    t1, t2, t3 = (f_tilde.new_empty(cb * S) for _ in range(3))
+    for c0 in range(0, C, cb):
+        c1 = min(C, c0 + cb)
+        w_, k0_, k1_, k2_, lam_, beta_, ls1, ls2 = (p[c0:c1] if isinstance(p, torch.Tensor) and p.dim() == 2 else p
+                                                    for p in per)
+        m = (c1 - c0) * S
+        a, b, c = (t[:m].view(c1 - c0, S) for t in (t1, t2, t3))
+        for r in range(R):
+            xa, fa, oa = x[r, c0:c1], f[r, c0:c1], o[r, c0:c1]
+            # The operations (and their order) of _max_joint_inplace, so the result is identical.
+            f_on = torch.sub(xa, fa, out=oa).mul_(w_).add_(fa).clamp_(min=lam_)        # max(η, λ)
+            value_on = torch.sub(xa, f_on, out=a).square_().mul_(k1_)
+            value_on.add_(torch.sub(f_on, fa, out=b).square_().mul_(k0_)).sub_(ls1)
+            d = torch.sub(xa, beta_, out=c)
+            background = torch.mul(d, k2_, out=b).mul_(d).sub_(ls2)
+            value_off = torch.sub(fa, lam_, out=c).clamp_(min=0.0).square_().mul_(k0_).add_(background)
+            on = value_on >= value_off  # ties go to the on branch
+            torch.where(on, f_on, torch.clamp(fa, max=lam_, out=a), out=oa)
+    return out
+
+
+def _chunkable(f_bu, f_tilde, params) -> bool:
+    """Whether :func:`argmax_joint` can take its chunked path (see there)."""
+    if not (isinstance(f_bu, torch.Tensor) and isinstance(f_tilde, torch.Tensor)) or f_tilde.device.type != "cpu":
+        return False
+    if f_bu.dim() < 3 or f_tilde.dim() < 3 or f_bu.dtype != f_tilde.dtype:
+        return False
+    if torch.is_grad_enabled() and (f_bu.requires_grad or f_tilde.requires_grad):
+        return False
+    try:
+        shape = _shape(f_bu.shape, f_tilde.shape)
+    except RuntimeError:
+        return False
+    if tuple(f_bu.shape[-3:]) != tuple(shape[-3:]) or tuple(f_tilde.shape[-3:]) != tuple(shape[-3:]):
+        return False
+    C = shape[-3]
+    for p in params:
+        if isinstance(p, torch.Tensor):
+            if p.dtype != f_tilde.dtype or p.device != f_tilde.device or (
+                    torch.is_grad_enabled() and p.requires_grad):
+                return False
+            # A parameter with more dims than the maps would make max_joint take its out-of-place form.
+            if p.dim() > len(shape) or not (p.numel() == 1 or tuple(p.shape[-3:]) == (C, 1, 1) and p.numel() == C):
+                return False
+        elif not isinstance(p, (int, float)):
+            return False
+    return True
 
 
 def _coefficients(sigma0, sigma1, sigma2):

@@ -261,3 +261,52 @@ def test_works_as_observed_pyro_site():
     tr = pyro.poutine.trace(model).get_trace()
     tr.compute_log_prob()
     assert tr.nodes["f_bu"]["log_prob"].shape == (2,)
+
+
+def _params(C, kind, dtype, g):
+    """Observation parameters: Python numbers, 0-d tensors, or per channel (C, 1, 1), λ of either sign."""
+    if kind == "float":
+        return 0.4, 0.1, 0.2, 0.5, 0.3
+    if kind == "scalar":
+        return tuple(torch.tensor(v, dtype=dtype) for v in (0.4, -0.1, 0.2, 0.5, 0.3))
+    lam = (torch.rand(C, 1, 1, generator=g, dtype=dtype) - 0.5) * 0.4
+    rest = [torch.rand(C, 1, 1, generator=g, dtype=dtype) + 0.1 for _ in range(3)]
+    return torch.tensor(0.3, dtype=dtype), lam, rest[0] * 0.5, rest[1], rest[2]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", ["float", "scalar", "channel"])
+@pytest.mark.parametrize("lead", [(), (2,), (3, 2)])
+@pytest.mark.parametrize("C,H,W", [(1, 5, 7), (6, 9, 9), (40, 30, 30)])
+def test_argmax_joint_is_max_joint_maximiser_bit_for_bit(dtype, kind, lead, C, H, W):
+    from pyro_backpass.distributions import argmax_joint
+    from pyro_backpass.distributions.functional import _chunkable
+
+    g = torch.Generator().manual_seed(C + H + len(lead))
+    # f_bu has the image dim only; f_tilde adds the beam dims, as under the greedy handler.
+    f_bu = torch.relu(torch.randn(*lead[-1:], C, H, W, generator=g, dtype=dtype))
+    f_bu[..., 0, 0] = 0.0
+    f_tilde = torch.relu(torch.randn(*lead, C, H, W, generator=g, dtype=dtype) * 0.8)
+    params = _params(C, kind, dtype, g)
+    assert _chunkable(f_bu, f_tilde, params)  # the fast path is the one checked here
+    got = argmax_joint(f_bu, f_tilde, *params)
+    want = max_joint(f_bu, f_tilde, *params)[0]
+    assert got.shape == want.shape and got.dtype == want.dtype
+    assert torch.equal(got, want)
+
+
+def test_argmax_joint_falls_back_where_it_cannot_chunk():
+    from pyro_backpass.distributions import argmax_joint
+    from pyro_backpass.distributions.functional import _chunkable
+
+    x, f = torch.rand(2, 3, 4, 4), torch.rand(2, 3, 4, 4)
+    params = (0.3, 0.0, 0.1, 0.5, 0.2)
+    assert not _chunkable(x, f.requires_grad_(), params)  # grad: the differentiable form
+    f = f.detach()
+    full = torch.rand(3, 4, 4)  # a per-element parameter
+    assert not _chunkable(x, f, (0.3, full, 0.1, 0.5, 0.2))
+    torch.testing.assert_close(argmax_joint(x, f, 0.3, full, 0.1, 0.5, 0.2),
+                               max_joint(x, f, 0.3, full, 0.1, 0.5, 0.2)[0])
+    assert not _chunkable(x.double(), f, params)  # mixed dtypes: torch's promotion
+    assert not _chunkable(x, f, (0.3, torch.zeros(1, 1, 3, 1, 1), 0.1, 0.5, 0.2))  # more dims than the maps
+    assert torch.equal(argmax_joint(None, f, *params), f)

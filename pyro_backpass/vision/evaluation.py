@@ -64,6 +64,7 @@ class EvaluateConfig:
     :param int paths: parse paths.
     :param int n_modes: posterior modes for the queries.
     :param float query_match_iou: least IoU of a query answer with its target.
+    :param str query_candidates: ``"modes"`` or ``"parse"`` (:class:`QueryConfig`).
     :param int samples: prior samples for ``sample_plausibility``.
     :param bool baselines: run the GradCAM / guided-backprop baselines.
     :param bool occluded: run the completion measure.
@@ -84,6 +85,7 @@ class EvaluateConfig:
     paths: int = 1
     n_modes: int = QueryConfig.n_modes
     query_match_iou: float = 0.25
+    query_candidates: str = QueryConfig.candidates
     samples: int = 64
     baselines: bool = True
     occluded: bool = True
@@ -139,14 +141,15 @@ def evaluate_scenes(model, trained: TrainedModel, config: EvaluateConfig, indice
     """
     h, mc, bg = trained.hierarchy, config.mask_config(), trained.background()
     clamp = {"category": h.check_category(category)}
+    qc = QueryConfig(n_modes=config.n_modes, candidates=config.query_candidates)
     records = []
     for start in range(0, len(indices), config.batch_size):
         idx = indices[start:start + config.batch_size]
         images, items = _stack(datasets["test"], idx)
         f_bu = trained.activations(images)
         parsed = parse_scene(model, h, f_bu, config.parse_config(), mask_config=mc, background=bg, clamp=clamp)
-        answers = dict(zip(QUERIES, answer_queries(model, h, f_bu, list(QUERIES), QueryConfig(n_modes=config.n_modes),
-                                                    mask_config=mc, background=bg, clamp=clamp)))
+        answers = dict(zip(QUERIES, answer_queries(model, h, f_bu, list(QUERIES), qc, mask_config=mc, background=bg,
+                                                    clamp=clamp)))
         base = {}
         if thresholds:
             from ..baselines import gradcam_maps, guided_backprop_maps

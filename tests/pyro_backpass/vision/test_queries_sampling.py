@@ -35,7 +35,7 @@ def test_predicates_on_hand_made_masks():
 def test_distinct_modes_and_answers():
     h = toy_hierarchy(seed=0)
     f_bu = _scene(h)
-    cfg = QueryConfig(n_modes=6, nms_iou=0.5, max_candidates=3)
+    cfg = QueryConfig(n_modes=6, nms_iou=0.5, max_candidates=3, candidates="modes")
     modes, cand = distinct_modes(activation_model, h, f_bu, cfg, mask_config=MC)
     assert cand.shape == (6, 2) and cand.any(0).all() and (cand.sum(0) <= 3).all()
     assert (modes.evidence[:-1] >= modes.evidence[1:] - 1e-3).all()  # best first
@@ -46,6 +46,28 @@ def test_distinct_modes_and_answers():
     assert torch.equal(ans.mask, modes.mask[ans.choice, n])
     custom = answer_query(activation_model, h, f_bu, lambda m, r: -m.sum((-2, -1)).float(), cfg, mask_config=MC)
     assert cand[custom.choice, n].all()
+
+
+def test_parse_candidates_are_the_first_parse_steps():
+    from pyro_backpass.vision.parsing import ParseConfig, parse_scene
+
+    h = toy_hierarchy(seed=0)
+    f_bu = _scene(h, n=3)
+    cfg = QueryConfig(max_candidates=2, candidates="parse")
+    ans = answer_query(activation_model, h, f_bu, "largest", cfg, mask_config=MC)
+    parsed = parse_scene(activation_model, h, f_bu, ParseConfig(max_steps=2), mask_config=MC)
+    masks = parsed.masks.transpose(0, 1)                                       # (T, N, S, S)
+    assert ans.modes is None and ans.candidates.shape == (2, 3)
+    expected = masks.flatten(-2).any(-1) & (parsed.evidence.T > 0)
+    expected[0] |= ~expected.any(0)
+    assert torch.equal(ans.candidates, expected)
+    n = torch.arange(3)
+    assert torch.equal(ans.mask, masks[ans.choice, n])
+    areas = masks.sum((-2, -1)).float().masked_fill(~expected, -torch.inf)
+    assert torch.equal(ans.choice, areas.argmax(0))
+    torch.testing.assert_close(ans.reconstruction, parsed.reconstructions.transpose(0, 1)[ans.choice, n])
+    with pytest.raises(ValueError, match="candidates"):
+        QueryConfig(candidates="votes")
 
 
 def test_unknown_query_is_a_clear_error():
@@ -61,8 +83,8 @@ def test_location_prior_moves_the_top_offset():
     f_bu = _scene(h, n=1)
     prior = location_prior(h, dy=-1, dx=-1, strength=1e4)
     assert prior["top"].shape == (9,) and int(prior["top"].argmax()) == 0
-    ans = answer_query(activation_model, h, f_bu, "leftmost", QueryConfig(n_modes=3), mask_config=MC,
-                       delta_logits=prior)
+    ans = answer_query(activation_model, h, f_bu, "leftmost", QueryConfig(n_modes=3, candidates="modes"),
+                       mask_config=MC, delta_logits=prior)
     assert int(ans.modes.hidden["delta/top"][0, 0]) == 0
 
 

@@ -245,16 +245,19 @@ def _train(config: BackboneTrainConfig, progress: bool, data: BackboneData | Non
     with tqdm(total=total, desc="training SmallVGG" + (" (compositional)" if config.compositional else ""),
               disable=not progress) as bar:
         batches = _prefetched(_batches(config, pools, N, gen, aug), config.prefetch, torch.get_num_threads())
-        for step, (labels, comp) in enumerate(batches):
-            # The compositional term ramps in linearly over the first compositional_warmup of the steps.
-            ramp = min(1.0, step / (config.compositional_warmup * total)) if config.compositional_warmup else 1.0
-            loss, stats = _train_step(model, comp, labels, config, config.compositional_weight * ramp)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items()}, refresh=False)
+        try:
+            for step, (labels, comp) in enumerate(batches):
+                # The compositional term ramps in linearly over the first compositional_warmup of the steps.
+                ramp = min(1.0, step / (config.compositional_warmup * total)) if config.compositional_warmup else 1.0
+                loss, stats = _train_step(model, comp, labels, config, config.compositional_weight * ramp)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.3f}" for k, v in stats.items()}, refresh=False)
+        finally:
+            batches.close()  # an error in a step stops the producer now, not when the frame is freed
     seconds = time.perf_counter() - t1
     model.eval()
     t2 = time.perf_counter()

@@ -123,6 +123,27 @@ def test_prefetch_reraises_the_producer_error_and_stops_the_producer_early():
         dataclasses.replace(TINY, prefetch=-1)
 
 
+def test_an_error_in_a_training_step_stops_the_producer(monkeypatch):
+    import threading
+
+    import pyro_backpass.backbones.train as train
+
+    def failing_step(*args, **kwargs):
+        raise RuntimeError("step failed")
+
+    monkeypatch.setattr(train, "_train_step", failing_step)
+    try:
+        train_backbone(dataclasses.replace(TINY, n_train=16, batch_size=4, prefetch=2), progress=False,
+                       data=toy.toy_backbone_data(32, 8))
+    except RuntimeError as exc:
+        # Checked while the traceback (and so the training frame) is still alive: the producer must
+        # have been stopped by the loop itself, not by garbage collection.
+        assert "step failed" in str(exc)
+        assert not any(t.name == "compose-prefetch" and t.is_alive() for t in threading.enumerate())
+    else:
+        raise AssertionError("the failing step did not raise")
+
+
 def test_compositional_training_lowers_the_compositionality_error():
     data = toy.toy_backbone_data(32, 12)
     cfg = dataclasses.replace(TINY, epochs=4, p_clutter=1.0, p_background=1.0, compositional_weight=3.0)

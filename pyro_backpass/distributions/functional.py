@@ -126,27 +126,26 @@ def argmax_joint(f_bu, f_tilde, sigma0, lam, beta, sigma1, sigma2):
            for p in (weight, k0, k1, k2, lam, beta, _log(sigma1), _log(sigma2))]
     out = f_tilde.new_empty(shape)
     o = out.view(R, C, S)
-    x = f_bu.expand(shape).reshape(R, C, S)  # a view when f_bu only broadcasts over leading dims
+    # A view, except when f_bu broadcasts over a leading dim of size > 1 (a beam): then one copy.
+    x = f_bu.expand(shape).reshape(R, C, S)
     f = f_tilde.expand(shape).reshape(R, C, S)
+    # Blocks of whole maps of several images where a map fits in a chunk, else of channels of one.
     cb = max(1, min(C, ARGMAX_CHUNK // S))
-    t1, t2, t3 = (f_tilde.new_empty(cb * S) for _ in range(3))
+    rb = max(1, ARGMAX_CHUNK // (C * S)) if cb == C else 1
+    t1, t2, t3, t4 = (f_tilde.new_empty(min(rb, R) * cb * S) for _ in range(4))
     for c0 in range(0, C, cb):
         c1 = min(C, c0 + cb)
         w_, k0_, k1_, k2_, lam_, beta_, ls1, ls2 = (p[c0:c1] if isinstance(p, torch.Tensor) and p.dim() == 2 else p
                                                     for p in per)
-        m = (c1 - c0) * S
-        a, b, c = (t[:m].view(c1 - c0, S) for t in (t1, t2, t3))
-        for r in range(R):
-            xa, fa, oa = x[r, c0:c1], f[r, c0:c1], o[r, c0:c1]
-            # The operations (and their order) of _max_joint_inplace, so the result is identical.
-            f_on = torch.sub(xa, fa, out=oa).mul_(w_).add_(fa).clamp_(min=lam_)        # max(η, λ)
-            value_on = torch.sub(xa, f_on, out=a).square_().mul_(k1_)
-            value_on.add_(torch.sub(f_on, fa, out=b).square_().mul_(k0_)).sub_(ls1)
+        for r0 in range(0, R, rb):
+            r1 = min(R, r0 + rb)
+            a, b, c, e = (t[:(r1 - r0) * (c1 - c0) * S].view(r1 - r0, c1 - c0, S) for t in (t1, t2, t3, t4))
+            xa, fa, oa = x[r0:r1, c0:c1], f[r0:r1, c0:c1], o[r0:r1, c0:c1]
             d = torch.sub(xa, beta_, out=c)
-            background = torch.mul(d, k2_, out=b).mul_(d).sub_(ls2)
-            value_off = torch.sub(fa, lam_, out=c).clamp_(min=0.0).square_().mul_(k0_).add_(background)
-            on = value_on >= value_off  # ties go to the on branch
-            torch.where(on, f_on, torch.clamp(fa, max=lam_, out=a), out=oa)
+            background = torch.mul(d, k2_, out=e).mul_(d).sub_(ls2)
+            f_on, value_on, value_off = _branches(xa, fa, torch.sub(xa, fa, out=oa), a, b, w_, k0_, k1_, lam_, ls1,
+                                                  background)
+            torch.where(value_on >= value_off, f_on, torch.clamp(fa, max=lam_, out=a), out=oa)
     return out
 
 
@@ -207,24 +206,33 @@ def _max_joint_functional(f_bu, f_tilde, sigma0, lam, beta, sigma1, sigma2):
     return f_star, torch.maximum(value_on, value_off) + shared
 
 
+def _branches(x, f, f_on, a, b, weight, k0, k1, lam, log_sigma1, background):
+    """Both branches of eq. 13, in place (the shared core of :func:`max_joint` and :func:`argmax_joint`).
+
+    ``f_on`` holds ``x - f`` on entry and ``max(η, λ)`` on exit; ``a`` and ``b`` are scratch of its
+    shape and hold the on- and off-branch values on exit. ``f`` may have fewer dims than ``f_on``
+    (``copy_`` broadcasts it); ``background = log N(x; β, σ2)`` is any shape broadcastable into it.
+
+    :returns: ``(f_on, value_on, value_off)``, views of ``f_on``, ``a``, ``b``.
+    """
+    f_on.mul_(weight).add_(f).clamp_(min=lam)  # max(η, λ)
+    value_on = torch.sub(x, f_on, out=a).square_().mul_(k1)
+    value_on.add_(torch.sub(f_on, f, out=b).square_().mul_(k0)).sub_(log_sigma1)
+    value_off = b.copy_(f).sub_(lam).clamp_(min=0.0).square_().mul_(k0).add_(background)
+    return f_on, value_on, value_off
+
+
 def _max_joint_inplace(diff, f_bu, f_tilde, sigma0, lam, beta, sigma1, sigma2):
     """In-place form of :func:`max_joint`: ``diff = f_bu - f_tilde`` is a fresh tensor of the
     full broadcast shape, so every other operand broadcasts into it and it can be overwritten."""
     weight, k0, k1, k2, shared = _coefficients(sigma0, sigma1, sigma2)
-    f_on = diff.mul_(weight).add_(f_tilde).clamp_(min=lam)  # max(η, λ), in diff's storage
-    value_on = torch.sub(f_bu, f_on)
-    value_on.square_().mul_(k1)
-    scratch = torch.sub(f_on, f_tilde)
-    value_on.add_(scratch.square_().mul_(k0)).sub_(_log(sigma1))
     c = f_bu - beta
     background = (k2 * c) * c - _log(sigma2)  # f_bu-shaped, small
-    # copy_ broadcasts f̃ into the full-shape scratch, so f̃ may have fewer dims than the output.
-    value_off = scratch.copy_(f_tilde).sub_(lam).clamp_(min=0.0)
-    value_off.square_().mul_(k0).add_(background)
+    a, b = torch.empty_like(diff), torch.empty_like(diff)
+    f_on, value_on, value_off = _branches(f_bu, f_tilde, diff, a, b, weight, k0, k1, lam, _log(sigma1), background)
     on = value_on >= value_off  # ties go to the on branch
     value = torch.maximum(value_on, value_off, out=value_on).add_(shared)
-    f_off = scratch.copy_(f_tilde).clamp_(max=lam)
-    f_star = torch.where(on, f_on, f_off, out=f_on)
+    f_star = torch.where(on, f_on, b.copy_(f_tilde).clamp_(max=lam), out=f_on)
     return f_star, value
 
 

@@ -64,7 +64,8 @@ class EvaluateConfig:
     :param int paths: parse paths.
     :param int n_modes: posterior modes for the queries.
     :param float query_match_iou: least IoU of a query answer with its target.
-    :param str query_candidates: ``"modes"`` or ``"parse"`` (:class:`QueryConfig`).
+    :param str query_candidates: ``"modes"`` or ``"parse"`` (:class:`QueryConfig`); parse candidates are
+        the first steps of the scene's parse above (its ``explain_away`` and ``paths``).
     :param int samples: prior samples for ``sample_plausibility``.
     :param bool baselines: run the GradCAM / guided-backprop baselines.
     :param bool occluded: run the completion measure.
@@ -148,8 +149,9 @@ def evaluate_scenes(model, trained: TrainedModel, config: EvaluateConfig, indice
         images, items = _stack(datasets["test"], idx)
         f_bu = trained.activations(images)
         parsed = parse_scene(model, h, f_bu, config.parse_config(), mask_config=mc, background=bg, clamp=clamp)
+        # The scene's parse doubles as the queries' candidates (its first steps), so it is not run twice.
         answers = dict(zip(QUERIES, answer_queries(model, h, f_bu, list(QUERIES), qc, mask_config=mc, background=bg,
-                                                    clamp=clamp)))
+                                                    parsed=parsed, clamp=clamp)))
         base = {}
         if thresholds:
             from ..baselines import gradcam_maps, guided_backprop_maps

@@ -26,7 +26,7 @@ import torch
 from ..hierarchy import Hierarchy
 from .explain import InstanceResult, MaskRule, explain
 from .masks import MaskConfig
-from .parsing import ParseConfig, parse_scene
+from .parsing import ParseConfig, ParseResult, parse_scene
 
 __all__ = ["QueryConfig", "PREDICATES", "CANDIDATES", "distinct_modes", "parsed_candidates", "answer_query",
            "answer_queries", "location_prior", "QueryAnswer"]
@@ -140,7 +140,7 @@ def distinct_modes(model, hierarchy: Hierarchy, f_bu: list[torch.Tensor], config
 
 def parsed_candidates(model, hierarchy: Hierarchy, f_bu: list[torch.Tensor], config: QueryConfig | None = None,
                       mask_rule: MaskRule | None = None, mask_config: MaskConfig | None = None,
-                      background: list[torch.Tensor] | None = None,
+                      background: list[torch.Tensor] | None = None, parsed: ParseResult | None = None,
                       **model_kwargs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Candidate instances from scene parsing: its first ``max_candidates`` steps.
 
@@ -148,14 +148,19 @@ def parsed_candidates(model, hierarchy: Hierarchy, f_bu: list[torch.Tensor], con
     validation scenes: both airplanes of a scene among the two distinct modes in 10, among the first two
     parse steps in 16), while each parse step explains away what the previous ones found.
 
+    :param ParseResult parsed: a parse of these scenes already made (with the same mask rule, background
+        and model arguments) to take the steps from; parsed here when ``None`` or shorter than
+        ``max_candidates`` steps.
     :returns: ``(masks (M, N, S, S), reconstructions (M, N, 3, S, S), candidates (M, N) bool)`` with
         ``M = max_candidates``: steps with a non-empty mask and positive evidence, and always the first.
     """
     config = config or QueryConfig()
-    parsed = parse_scene(model, hierarchy, f_bu, ParseConfig(max_steps=config.max_candidates), mask_rule=mask_rule,
-                         mask_config=mask_config, background=background, **model_kwargs)
-    masks, recs = parsed.masks.transpose(0, 1), parsed.reconstructions.transpose(0, 1)
-    keep = masks.flatten(-2).any(-1) & (parsed.evidence.T > 0)
+    M = config.max_candidates
+    if parsed is None or parsed.masks.shape[1] < M:
+        parsed = parse_scene(model, hierarchy, f_bu, ParseConfig(max_steps=M), mask_rule=mask_rule,
+                             mask_config=mask_config, background=background, **model_kwargs)
+    masks, recs = parsed.masks[:, :M].transpose(0, 1), parsed.reconstructions[:, :M].transpose(0, 1)
+    keep = masks.flatten(-2).any(-1) & (parsed.evidence[:, :M].T > 0)
     keep[0] |= ~keep.any(0)
     return masks, recs, keep
 
@@ -186,16 +191,17 @@ def _predicate(query):
 def answer_queries(model, hierarchy: Hierarchy, f_bu: list[torch.Tensor], queries: list,
                    config: QueryConfig | None = None, mask_rule: MaskRule | None = None,
                    mask_config: MaskConfig | None = None, background: list[torch.Tensor] | None = None,
-                   **model_kwargs) -> list[QueryAnswer]:
-    """Several queries over one set of posterior modes (one backward pass with modes for all of them).
+                   parsed: ParseResult | None = None, **model_kwargs) -> list[QueryAnswer]:
+    """Several queries over one set of candidates (one parse, or one backward pass with modes, for all).
 
+    :param ParseResult parsed: for parse candidates, a parse already made (see :func:`parsed_candidates`).
     :returns: one :class:`QueryAnswer` per query, in order.
     """
     predicates = [_predicate(q) for q in queries]
     config = config or QueryConfig()
     if config.candidates == "parse":
         masks, recs, cand = parsed_candidates(model, hierarchy, f_bu, config, mask_rule, mask_config, background,
-                                              **model_kwargs)
+                                              parsed, **model_kwargs)
         return [_choose(None, masks, recs, cand, p) for p in predicates]
     modes, cand = distinct_modes(model, hierarchy, f_bu, config, mask_rule, mask_config, background, **model_kwargs)
     return [_choose(modes, modes.mask, modes.reconstruction, cand, p) for p in predicates]

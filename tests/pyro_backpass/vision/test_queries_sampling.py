@@ -68,6 +68,11 @@ def test_parse_candidates_are_the_first_parse_steps():
     torch.testing.assert_close(ans.reconstruction, parsed.reconstructions.transpose(0, 1)[ans.choice, n])
     with pytest.raises(ValueError, match="candidates"):
         QueryConfig(candidates="votes")
+    # A parse made beforehand (longer than needed) gives the same answer without parsing again.
+    longer = parse_scene(activation_model, h, f_bu, ParseConfig(max_steps=3), mask_config=MC)
+    reused = answer_query(activation_model, h, f_bu, "largest", cfg, mask_config=MC, parsed=longer)
+    assert torch.equal(reused.choice, ans.choice) and torch.equal(reused.mask, ans.mask)
+    assert torch.equal(reused.candidates, ans.candidates)
 
 
 def test_unknown_query_is_a_clear_error():

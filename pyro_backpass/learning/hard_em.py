@@ -63,6 +63,8 @@ class HardEMConfig:
     :param float sigma0_floor: floor on ``σ0_l``, relative to the RMS of the layer's ``F_td``.
     :param bool reseed_dead: re-seed components left with no example from the worst-fit examples.
     :param int init_epochs: Adam epochs of the initial fit to the k-means++ partition.
+    :param int init_rounds: rounds of clusterwise regression refining that partition on every lower
+        layer before those epochs (:func:`~pyro_backpass.learning.init.refine_partition`).
     :param int seed: seed of every random choice.
     """
 
@@ -75,6 +77,7 @@ class HardEMConfig:
     sigma0_floor: float = 0.05
     reseed_dead: bool = True
     init_epochs: int = 2
+    init_rounds: int = 0
     seed: int = 0
 
 
@@ -187,7 +190,7 @@ def hard_em(model, hierarchy: Hierarchy, source, config: HardEMConfig | None = N
         if start == 0:
             init_sigma0(h, data, config.batch_size)
             initialise(h, data, _generator(config, -1), epochs=config.init_epochs, lr=config.lr,
-                       batch_size=config.batch_size)
+                       batch_size=config.batch_size, regression_rounds=config.init_rounds)
         for it in range(start, config.iterations):
             stage = f"iteration {it}"
             history.append(_iteration(model, h, data, val, config, it, progress))

@@ -64,6 +64,7 @@ class TrainConfig:
     em_iterations: int = 5
     em_batch_size: int = 32
     sgd_epochs: int = 2
+    init_rounds: int = 0
     lr: float = 2e-3
     backbone: str = "small_vgg"
     backbone_weights: str = ""
@@ -218,7 +219,7 @@ def run_training(model, config: TrainConfig, out: str | Path, progress: bool = T
     seconds["observation_fit"] = time.perf_counter() - t
     em_cfg = HardEMConfig(iterations=config.em_iterations, batch_size=config.em_batch_size,
                           sgd_epochs=config.sgd_epochs, lr=config.lr, prior_order=config.prior_order,
-                          alpha=config.alpha, seed=config.seed)
+                          alpha=config.alpha, init_rounds=config.init_rounds, seed=config.seed)
     t = time.perf_counter()
     # The EM checkpoint folder is keyed by the whole run config and the backbone's (not by the number of
     # ranks, which does not change the result), so a run with other data or another backbone never

@@ -66,8 +66,8 @@ class HardEMConfig:
     :param int init_rounds: rounds of clusterwise regression refining that partition on every lower
         layer before those epochs (:func:`~pyro_backpass.learning.init.refine_partition`). Off by
         default: on the toy hierarchy of the recovery test it moved the final purities both ways
-        across seeds; the training pipeline, where it measured better, turns it on. Layers with
-        offsets are skipped (its error is the E-step's score only at ``δ = 0``).
+        across seeds; the training pipeline, where it measured better, turns it on. It scores
+        the centre offset only, a start that the E-step's search over ``δ`` then corrects.
     :param int seed: seed of every random choice.
     """
 

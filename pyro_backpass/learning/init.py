@@ -165,8 +165,8 @@ def initialise(hierarchy: Hierarchy, source, generator: torch.Generator, epochs:
                regression_rounds: int = 0) -> dict[str, torch.Tensor]:
     """Seed every layer's mixture from data; returns the initial partition γ per layer (N,).
 
-    :param int regression_rounds: rounds of :func:`refine_partition` per lower layer without offsets
-        after the least-squares fit to the k-means++ partition (0: none).
+    :param int regression_rounds: rounds of :func:`refine_partition` per lower layer after the
+        least-squares fit to the k-means++ partition (0: none).
 
     :param source: an activation source (see :mod:`pyro_backpass.learning.sources`), or this rank's
         :class:`~pyro_backpass.learning.sources.ShardedSource` in a distributed run.
@@ -210,9 +210,7 @@ def initialise(hierarchy: Hierarchy, source, generator: torch.Generator, epochs:
         partition[l] = distributed.gather_by_index(gamma, data.owned, N, "initial partition")
     for l in range(L - 1):
         least_squares_fit(hierarchy, l, data, partition[l], generator, batch_size)
-        # The regression error at the centre offset is the E-step's score only on a layer without offsets.
-        if (regression_rounds > 0 and hierarchy.topdown[l].K > 1 and hierarchy.specs[l].offset_radius == 0
-                and hierarchy.topdown[l].upsample != "transposed"):
+        if regression_rounds > 0 and hierarchy.topdown[l].K > 1 and hierarchy.topdown[l].upsample != "transposed":
             partition[l] = refine_partition(hierarchy, l, data, partition[l], generator, regression_rounds,
                                             batch_size)
     centre = {l: torch.full((N,), hierarchy.specs[l].n_offsets // 2, dtype=torch.long) for l in range(L - 1)}

@@ -67,7 +67,7 @@ def test_refine_partition_zero_rounds_is_identity():
     assert torch.equal(out, truth)
 
 
-def test_hard_em_init_rounds_refine_lower_layers_without_offsets(monkeypatch):
+def test_hard_em_init_rounds_refine_every_lower_layer(monkeypatch):
     from pyro_backpass.learning import init
 
     calls = []
@@ -83,6 +83,4 @@ def test_hard_em_init_rounds_refine_lower_layers_without_offsets(monkeypatch):
         cfg = HardEMConfig(iterations=1, sgd_epochs=1, lr=1e-2, init_rounds=rounds, seed=2)
         _, history = hard_em(activation_model, random_hierarchy(SPECS, 1, seed=5), src, cfg, progress=False)
         assert history[0]["effective_components"]["conv1"] > 1.5
-    # image and conv1 (radius 0) are refined; pool1 has offsets, so its centre-offset error is not the
-    # E-step's score and it is left to hard EM.
-    assert calls == [(0, 2), (1, 2)]
+    assert calls == [(0, 2), (1, 2), (2, 2)]

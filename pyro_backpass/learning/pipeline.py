@@ -116,7 +116,11 @@ def _backbone(config: TrainConfig, progress: bool):
                           "backbone_metrics": metrics}
 
 
-def _training_images(config: TrainConfig, split: str, n: int, progress: bool):
+def training_images(config: TrainConfig, split: str, n: int, progress: bool = False):
+    """The masked training objects of ``split`` the pipeline renders (cached on disk).
+
+    :returns: ``(images, categories)``: (n, 3, S, S) uint8 objects on black and (n,) category indices.
+    """
     from ..data import ObjectDataset, ObjectDatasetConfig, SceneConfig, SceneDataset
 
     if config.train_on == "objects":
@@ -195,8 +199,8 @@ def run_training(model, config: TrainConfig, out: str | Path, progress: bool = T
     specs = with_mixture(specs, K=config.K, K_top=config.K_top, top_pool_radius=config.top_offset_radius)
     t = time.perf_counter()
     with distributed.main_first("the data: rendered once, then read from the cache"):
-        train_images, train_cats = _training_images(config, "train", config.n_train, progress)
-        val_images, val_cats = _training_images(config, "val", config.n_val, progress)
+        train_images, train_cats = training_images(config, "train", config.n_train, progress)
+        val_images, val_cats = training_images(config, "val", config.n_val, progress)
     seconds["data"] = time.perf_counter() - t
     if distributed.is_distributed():  # e.g. machines without a shared cache that trained different backbones
         distributed.check_same("the backbone weights and the rendered data (share the cache folder, "

@@ -72,7 +72,10 @@ class EvaluateConfig:
     :param str mask_layer, mask_gate: the instance-mask rule (:class:`MaskConfig`).
     :param float mask_fraction, mask_gate_threshold: its thresholds.
     :param bool mask_relative: measure the prediction against the empty image's activations.
-    :param float mask_core_fraction, mask_core_prior: the ``"core_colour"`` gate's core and prior.
+    :param float mask_core_fraction, mask_core_prior: the ``"colour_line"`` and ``"core_colour"`` gates'
+        core and prior.
+    :param float mask_core_keep: the ``"colour_line"`` gate's seed fraction of the core.
+    :param int mask_line_iters: the ``"colour_line"`` gate's refits.
     """
 
     scenes: int = 200
@@ -97,11 +100,14 @@ class EvaluateConfig:
     mask_relative: bool = MaskConfig.relative
     mask_core_fraction: float = MaskConfig.core_fraction
     mask_core_prior: float = MaskConfig.core_prior
+    mask_core_keep: float = MaskConfig.core_keep
+    mask_line_iters: int = MaskConfig.line_iters
 
     def mask_config(self) -> MaskConfig:
         return MaskConfig(layer=self.mask_layer, fraction=self.mask_fraction, gate=self.mask_gate,
                           gate_threshold=self.mask_gate_threshold, relative=self.mask_relative,
-                          core_fraction=self.mask_core_fraction, core_prior=self.mask_core_prior)
+                          core_fraction=self.mask_core_fraction, core_prior=self.mask_core_prior,
+                          core_keep=self.mask_core_keep, line_iters=self.mask_line_iters)
 
     def parse_config(self) -> ParseConfig:
         return ParseConfig(max_steps=self.max_steps, evidence_threshold=self.evidence_threshold,

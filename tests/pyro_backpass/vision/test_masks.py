@@ -76,8 +76,9 @@ def test_nonblack_gate_uses_the_image():
 
 
 @pytest.mark.parametrize("kwargs, match", [({"gate": "maybe"}, "gate"), ({"fraction": 2.0}, "fraction"),
-                                           ({"smooth": 2}, "smooth"), ({"core_fraction": 0.3}, "core_fraction"),
-                                           ({"core_prior": 1.0}, "core_prior")])
+                                           ({"smooth": 2}, "smooth"), ({"core_fraction": 0.2}, "core_fraction"),
+                                           ({"core_prior": 1.0}, "core_prior"), ({"core_keep": 0.0}, "core_keep"),
+                                           ({"line_iters": -1}, "line_iters")])
 def test_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MaskConfig(**kwargs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import types
 import typing
 from typing import Any, TypeVar
 
@@ -51,7 +52,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, prefix: str = ""
         typ = hints[f.name]
         origin = typing.get_origin(typ)
         args = typing.get_args(typ)
-        if origin is typing.Union and type(None) in args:  # Optional[X]
+        if origin in (typing.Union, types.UnionType) and type(None) in args:  # Optional[X] or X | None
             typ = next(a for a in args if a is not type(None))
             origin, args = typing.get_origin(typ), typing.get_args(typ)
         default = f.default if f.default is not dataclasses.MISSING else None

@@ -36,9 +36,11 @@ from pyro_backpass.vision.evaluation import (
 )
 
 _ROWS = [("instance_iou", "instance IoU (first pass)"), ("instance_iou_at_least_0.5", "  scenes with IoU >= 0.5"),
+         ("instance_iou_accepted", "instance IoU (first accepted step)"),
          ("baseline_gradcam_iou", "baseline GradCAM IoU"),
          ("baseline_guided_backprop_iou", "baseline guided-backprop IoU"),
-         ("parse_recall_at_2", "parse recall@2"), ("parse_precision", "parse precision"),
+         ("parse_recall_at_2", "parse recall@2"), ("parse_recall_at_3", "parse recall@3"),
+         ("parse_precision", "parse precision"),
          ("completion_iou", "completion IoU"), ("visible_iou", "visible-part IoU (ground truth)"),
          ("visible_pred_iou", "visible-part IoU (model's mask)"), ("sample_plausibility", "sample plausibility"),
          ("ms_per_backward_pass", "ms per backward pass")]

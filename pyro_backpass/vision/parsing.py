@@ -14,8 +14,11 @@ Each step runs a backward pass on the current bottom-up maps, records the instan
 (:func:`~pyro_backpass.vision.explain.background_score`) when a background is given, else minus that
 of the all-zero explanation (:func:`~pyro_backpass.inference.empty_score`); parsing stops
 parsing stops at the first step below it or after ``max_steps``. Per-pixel normalisation makes one
-threshold serve every input size. All steps up to ``max_steps`` are computed for the whole batch at
-once; ``accepted`` says which count.
+threshold serve every input size. With ``verify_threshold`` set and a verifier given
+(:func:`~pyro_backpass.vision.verify.category_verifier`), a step is also rejected when the verifier's
+probability that its masked instance is the queried category is below the threshold; such a step is
+explained away like the others, so parsing goes on past it, but it does not count as an instance.
+All steps up to ``max_steps`` are computed for the whole batch at once; ``accepted`` says which count.
 
 **Parse paths.** With ``paths > 1`` the parse keeps the ``paths`` best sequences of instances (the
 paper's "multiple parsing paths"): each step extends every path by its ``branch`` best posterior modes
@@ -32,6 +35,7 @@ import torch
 from ..hierarchy import Hierarchy
 from .explain import MaskRule, explain
 from .masks import MaskConfig
+from .verify import Verifier
 
 __all__ = ["ParseConfig", "ParseResult", "EXPLAIN_AWAY", "explain_away", "parse_scene"]
 
@@ -49,6 +53,8 @@ class ParseConfig:
     :param int paths: parse paths kept (1: one greedy sequence).
     :param int branch: candidate instances per path and step when ``paths > 1``.
     :param int beam: beam of each backward pass.
+    :param float verify_threshold: with a verifier given to :func:`parse_scene`, a step counts only if
+        the verifier gives its instance at least this probability (``None``: no verification).
     """
 
     max_steps: int = 3
@@ -57,8 +63,12 @@ class ParseConfig:
     paths: int = 1
     branch: int = 4
     beam: int = 1
+    verify_threshold: float | None = None
 
     def __post_init__(self):
+        if self.verify_threshold is not None and not 0.0 <= self.verify_threshold <= 1.0:
+            raise ValueError(f"verify_threshold: expected a probability in [0, 1] or None, "
+                             f"got {self.verify_threshold!r}")
         if self.explain_away not in EXPLAIN_AWAY:
             raise ValueError(f"explain_away: expected one of {EXPLAIN_AWAY}, got {self.explain_away!r}")
         for name in ("max_steps", "paths", "branch", "beam"):
@@ -73,9 +83,11 @@ class ParseResult:
     :ivar torch.Tensor masks: (N, T, S, S) bool instance masks, in parse order.
     :ivar torch.Tensor reconstructions: (N, T, 3, S, S) each step's ``F^0_td``.
     :ivar torch.Tensor evidence: (N, T) each step's evidence (nats).
-    :ivar torch.Tensor accepted: (N, T) bool, the steps before the stopping rule fired.
+    :ivar torch.Tensor accepted: (N, T) bool, the steps before the stopping rule fired that passed the
+        verification (all of them without one).
     :ivar dict hidden: site → (N, T) the ``H`` of each step.
     :ivar torch.Tensor path_score: (N,) the sum of the chosen path's evidence.
+    :ivar torch.Tensor verified: (N, T) the verifier's probability of each step (``None`` without one).
     """
 
     masks: torch.Tensor
@@ -84,6 +96,7 @@ class ParseResult:
     accepted: torch.Tensor
     hidden: dict
     path_score: torch.Tensor
+    verified: torch.Tensor | None = None
 
     @property
     def n_found(self) -> torch.Tensor:
@@ -112,12 +125,16 @@ def explain_away(hierarchy: Hierarchy, f_bu: list[torch.Tensor], f_td: list[torc
 
 def parse_scene(model, hierarchy: Hierarchy, f_bu: list[torch.Tensor], config: ParseConfig | None = None,
                 mask_rule: MaskRule | None = None, mask_config: MaskConfig | None = None,
-                background: list[torch.Tensor] | None = None, **model_kwargs) -> ParseResult:
+                background: list[torch.Tensor] | None = None, verifier: Verifier | None = None,
+                **model_kwargs) -> ParseResult:
     """Parse ``N`` scenes (batched).
 
     :param model: the model program.
     :param list f_bu: ``L`` tensors (N, C_l, H_l, W_l) of the scenes' bottom-up activations.
     :param ParseConfig config: steps, stopping rule, explaining-away rule and parse paths.
+    :param verifier: ``verifier(images (N, 3, S, S), masks (N, S, S)) -> (N,)`` probabilities
+        (:func:`~pyro_backpass.vision.verify.category_verifier`), used when
+        ``config.verify_threshold`` is set; it sees ``f_bu[0]``, the scene's pixels.
     :param model_kwargs: passed to every backward pass (``clamp=``, ``prior=``, ``delta_logits=``).
     :returns: :class:`ParseResult`.
     """
@@ -157,6 +174,15 @@ def parse_scene(model, hierarchy: Hierarchy, f_bu: list[torch.Tensor], config: P
     # The best path per scene is path 0 (topk sorts).
     ev = torch.stack(hist["ev"], -1)[0]                                  # (N, T)
     accepted = (ev / S2 >= config.evidence_threshold).cumprod(-1).bool()
+    masks = torch.stack(hist["mask"], 2)[0]                              # (N, T, S, S)
+    verified = None
+    if config.verify_threshold is not None:
+        if verifier is None:
+            raise ValueError("verifier: config.verify_threshold is set, so a verifier is needed, got None")
+        T = masks.shape[1]
+        images = f_bu[0].unsqueeze(1).expand(-1, T, -1, -1, -1).flatten(0, 1)
+        verified = verifier(images, masks.flatten(0, 1)).reshape(N, T)
+        accepted = accepted & (verified >= config.verify_threshold)
     hidden = {k: torch.stack(v, -1)[0] for k, v in hist.items() if k not in ("mask", "rec", "ev")}
-    return ParseResult(masks=torch.stack(hist["mask"], 2)[0], reconstructions=torch.stack(hist["rec"], 2)[0],
-                       evidence=ev, accepted=accepted, hidden=hidden, path_score=score[0])
+    return ParseResult(masks=masks, reconstructions=torch.stack(hist["rec"], 2)[0], evidence=ev, accepted=accepted,
+                       hidden=hidden, path_score=score[0], verified=verified)

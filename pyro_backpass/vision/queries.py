@@ -94,7 +94,9 @@ class QueryAnswer:
 
     :ivar InstanceResult modes: the ``M`` modes (M, N, ...), best first (``None`` for parse candidates).
     :ivar torch.Tensor candidates: (M, N) bool, the distinct modes (or parse steps) that competed.
-    :ivar torch.Tensor choice: (N,) index into the modes (or parse steps) of the answer.
+    :ivar torch.Tensor choice: (N,) index of the answer into the modes, or into the parse candidates (the
+        first accepted parse steps, in parse order: the parse step itself when no step before it was passed
+        over).
     :ivar torch.Tensor mask: (N, S, S) the chosen instance's mask.
     :ivar torch.Tensor reconstruction: (N, 3, S, S) its reconstruction.
     """
@@ -142,7 +144,7 @@ def parsed_candidates(model, hierarchy: Hierarchy, f_bu: list[torch.Tensor], con
                       mask_rule: MaskRule | None = None, mask_config: MaskConfig | None = None,
                       background: list[torch.Tensor] | None = None, parsed: ParseResult | None = None,
                       **model_kwargs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Candidate instances from scene parsing: its first ``max_candidates`` steps.
+    """Candidate instances from scene parsing: its first ``max_candidates`` accepted steps.
 
     Posterior modes of one pass often fall on the same instance or on clutter (measured on 40
     validation scenes: both airplanes of a scene among the two distinct modes in 10, among the first two
@@ -150,17 +152,24 @@ def parsed_candidates(model, hierarchy: Hierarchy, f_bu: list[torch.Tensor], con
 
     :param ParseResult parsed: a parse of these scenes already made (with the same mask rule, background
         and model arguments) to take the steps from; parsed here when ``None`` or shorter than
-        ``max_candidates`` steps.
+        ``max_candidates`` steps. Steps it did not accept (below its stopping rule, or rejected by its
+        category verification) are passed over.
     :returns: ``(masks (M, N, S, S), reconstructions (M, N, 3, S, S), candidates (M, N) bool)`` with
-        ``M = max_candidates``: steps with a non-empty mask and positive evidence, and always the first.
+        ``M = max_candidates``: the first ``M`` accepted steps with a non-empty mask and positive evidence,
+        and always one (the first accepted step, or the first step when none was accepted).
     """
     config = config or QueryConfig()
     M = config.max_candidates
     if parsed is None or parsed.masks.shape[1] < M:
         parsed = parse_scene(model, hierarchy, f_bu, ParseConfig(max_steps=M), mask_rule=mask_rule,
                              mask_config=mask_config, background=background, **model_kwargs)
-    masks, recs = parsed.masks[:, :M].transpose(0, 1), parsed.reconstructions[:, :M].transpose(0, 1)
-    keep = masks.flatten(-2).any(-1) & (parsed.evidence[:, :M].T > 0)
+    N, T = parsed.accepted.shape
+    usable = parsed.accepted & parsed.masks.flatten(-2).any(-1) & (parsed.evidence > 0)     # (N, T)
+    # Usable steps first, each group in parse order (a stable sort), then the first M of them.
+    order = torch.sort((~usable).to(torch.int8), dim=1, stable=True).indices[:, :M]          # (N, M)
+    n = torch.arange(N, device=order.device).unsqueeze(1)
+    masks, recs = parsed.masks[n, order].transpose(0, 1), parsed.reconstructions[n, order].transpose(0, 1)
+    keep = usable[n, order].T.clone()
     keep[0] |= ~keep.any(0)
     return masks, recs, keep
 

@@ -77,6 +77,7 @@ class EvaluateConfig:
         against 0.583 / 0.646 (80 scenes of seed 2 / 40 of seed 1); 0.7 raised that IoU (0.646 / 0.700)
         and the precision but not recall@2 (0.531 / 0.588).
     :param int n_modes: posterior modes for the queries.
+    :param int query_max_candidates: candidate instances per query (:class:`QueryConfig`).
     :param float query_match_iou: least IoU of a query answer with its target.
     :param str query_candidates: ``"modes"`` or ``"parse"`` (:class:`QueryConfig`); parse candidates are
         the first steps of the scene's parse above (its ``explain_away`` and ``paths``).
@@ -104,6 +105,7 @@ class EvaluateConfig:
     paths: int = 1
     verify_threshold: float | None = 0.5
     n_modes: int = QueryConfig.n_modes
+    query_max_candidates: int = QueryConfig.max_candidates
     query_match_iou: float = 0.25
     query_candidates: str = QueryConfig.candidates
     samples: int = 64
@@ -166,7 +168,8 @@ def evaluate_scenes(model, trained: TrainedModel, config: EvaluateConfig, indice
     """
     h, mc, bg = trained.hierarchy, config.mask_config(), trained.background()
     clamp = {"category": h.check_category(category)}
-    qc = QueryConfig(n_modes=config.n_modes, candidates=config.query_candidates)
+    qc = QueryConfig(n_modes=config.n_modes, candidates=config.query_candidates,
+                     max_candidates=config.query_max_candidates)
     pc = config.parse_config()
     verifier = None if config.verify_threshold is None else category_verifier(trained.backbone,
                                                                               category_index(category))

@@ -91,6 +91,7 @@ class EvaluateConfig:
         core and prior.
     :param float mask_core_keep: the ``"colour_line"`` gate's seed fraction of the core.
     :param int mask_line_iters: the ``"colour_line"`` gate's refits.
+    :param int mask_bg_components: the ``"colour_line"`` gate's background mixture components.
     """
 
     scenes: int = 200
@@ -120,12 +121,14 @@ class EvaluateConfig:
     mask_core_prior: float = MaskConfig.core_prior
     mask_core_keep: float = MaskConfig.core_keep
     mask_line_iters: int = MaskConfig.line_iters
+    mask_bg_components: int = MaskConfig.bg_components
 
     def mask_config(self) -> MaskConfig:
         return MaskConfig(layer=self.mask_layer, fraction=self.mask_fraction, gate=self.mask_gate,
                           gate_threshold=self.mask_gate_threshold, relative=self.mask_relative,
                           core_fraction=self.mask_core_fraction, core_prior=self.mask_core_prior,
-                          core_keep=self.mask_core_keep, line_iters=self.mask_line_iters)
+                          core_keep=self.mask_core_keep, line_iters=self.mask_line_iters,
+                          bg_components=self.mask_bg_components)
 
     def parse_config(self) -> ParseConfig:
         return ParseConfig(max_steps=self.max_steps, evidence_threshold=self.evidence_threshold,

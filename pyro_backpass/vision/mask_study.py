@@ -22,6 +22,7 @@ __all__ = ["RULES", "first_pass_ious", "summarise_ious"]
 # The default rule, the previous one, and the default with one part changed at a time.
 RULES: dict[str, MaskConfig] = {
     "colour_line (default)": MaskConfig(),
+    "colour_line, one background Gaussian": MaskConfig(bg_components=1),
     "colour_line, no refits": MaskConfig(line_iters=0),
     "colour_line, whole core as seed": MaskConfig(core_keep=1.0),
     "colour_line, region at 0.4": MaskConfig(fraction=0.4),

@@ -116,3 +116,33 @@ def test_colour_line_gate_is_batched_over_assignments_and_images(iters):
     one = colour_line_masks(imgs[1:], strength.flip(-1), 0.3, 0.9, 0.3, 0.2, iters)
     assert both.shape == (2, 2, 32, 32)
     assert torch.equal(both[0, 1], one[0, 0]) and torch.equal(both[1, 1], one[0, 0])
+
+
+def test_mixture_log_lik_recovers_a_known_mixture_and_reduces_to_one_gaussian():
+    from pyro_backpass.vision.colour_models import mixture_log_lik
+
+    g = torch.Generator().manual_seed(3)
+    mus = torch.tensor([[0.2, 0.6, 0.3], [0.8, 0.2, 0.5], [0.5, 0.5, 0.9]], dtype=torch.float64)
+    sds = torch.tensor([0.03, 0.05, 0.04], dtype=torch.float64)
+    pis = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    k = torch.multinomial(pis, 6000, replacement=True, generator=g)
+    x = (mus[k] + sds[k, None] * torch.randn(6000, 3, generator=g, dtype=torch.float64)).T[None]   # (1, 3, P)
+    w = torch.ones(1, 6000, dtype=torch.float64)
+    truth = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(pis),
+        torch.distributions.Independent(torch.distributions.Normal(mus, sds[:, None].expand(3, 3)), 1))
+    want = truth.log_prob(x[0].T)
+    got = mixture_log_lik(x, w, components=3, iters=20, subsample=2, floor=1e-3)[0]
+    assert (got - want).abs().mean() < 0.1
+    # Weights select the pixels fitted: the mixture of the first cluster's pixels alone is one bump there.
+    first = mixture_log_lik(x, (k == 0).double()[None], components=3, iters=20, subsample=1, floor=1e-3)[0]
+    assert first[k == 0].mean() > first[k == 1].mean() + 20
+    torch.testing.assert_close(mixture_log_lik(x, w, components=1), diagonal_log_lik(x, w))
+
+
+def test_colour_line_gate_with_a_background_mixture_still_recovers_the_thin_object():
+    img, strength, want = _thin_shaded_scene()
+    for k in (2, 6):
+        mask = colour_line_masks(img, strength, fraction=0.3, core=0.9, prior=0.3, core_keep=0.2, iters=6,
+                                 bg_components=k)
+        assert torch.equal(mask[0, 0], want), k

@@ -78,7 +78,7 @@ def test_nonblack_gate_uses_the_image():
 @pytest.mark.parametrize("kwargs, match", [({"gate": "maybe"}, "gate"), ({"fraction": 2.0}, "fraction"),
                                            ({"smooth": 2}, "smooth"), ({"core_fraction": 0.2}, "core_fraction"),
                                            ({"core_prior": 1.0}, "core_prior"), ({"core_keep": 0.0}, "core_keep"),
-                                           ({"line_iters": -1}, "line_iters")])
+                                           ({"line_iters": -1}, "line_iters"), ({"bg_components": 0}, "bg_components")])
 def test_bad_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MaskConfig(**kwargs)

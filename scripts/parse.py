@@ -3,7 +3,9 @@
 ``--image`` is one image file (any format PIL reads, any size) or a folder of them. Each image is
 rescaled and padded to the backbone's input at several scales (``--scales``); the scale whose backward
 pass has the highest evidence is kept and parsed (``--max-steps``, ``--evidence-threshold``), and
-``<name>.png`` shows the input beside the MAP reconstruction and mask of every instance found. Under
+``<name>.png`` shows the input beside the MAP reconstruction and mask of every instance found. With
+``--verify-threshold P`` a step counts only if the backbone's classifier gives its masked instance at
+least probability ``P`` of the category (:mod:`pyro_backpass.vision.verify`). Under
 ``torchrun`` a folder's images are split across the ranks; ``metrics.json`` gathers them all.
 """
 
@@ -22,11 +24,13 @@ import torch  # noqa: E402
 from models.activation import activation_model  # noqa: E402
 from pyro_backpass.allocator import keep_freed_memory
 from pyro_backpass.cli import THREADS_HELP, add_config_args, config_from_args, set_threads  # noqa: E402
+from pyro_backpass.data.categories import category_index  # noqa: E402
 from pyro_backpass.io import atomic_save_figure, write_run_files  # noqa: E402
 from pyro_backpass.vision import MaskConfig, load_trained  # noqa: E402
 from pyro_backpass.vision.parsing import ParseConfig, parse_scene  # noqa: E402
 from pyro_backpass.vision.plots import overlay, to_rgb  # noqa: E402
 from pyro_backpass.vision.scales import ScanConfig, load_image, scan_scales  # noqa: E402
+from pyro_backpass.vision.verify import category_verifier  # noqa: E402
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 
@@ -50,26 +54,32 @@ def parse_one(trained, path: Path, scan: ScanConfig, parse: ParseConfig, categor
     clamp = {"category": h.check_category(category)}
     scanned = scan_scales(activation_model, trained, image, scan, clamp=clamp)
     canvas = scanned.canvases[scanned.best]
+    verifier = (None if parse.verify_threshold is None
+                else category_verifier(trained.backbone, category_index(category)))
     parsed = parse_scene(activation_model, h, trained.activations(canvas[None]), parse, mask_config=MaskConfig(),
-                         background=trained.background(), clamp=clamp)
-    found = int(parsed.n_found[0])
-    shown = max(found, 1)
+                         background=trained.background(), clamp=clamp, verifier=verifier)
+    steps = parsed.accepted[0].nonzero().flatten().tolist()
+    found = len(steps)
+    steps = steps or [0]                 # nothing accepted: show the first step, marked rejected
+    shown = len(steps)
     fig, axes = plt.subplots(1, 1 + 2 * shown, figsize=(2.2 * (1 + 2 * shown), 2.4), squeeze=False)
     axes = axes[0]
     axes[0].imshow(to_rgb(canvas))
     axes[0].set_title(f"input (scale {scanned.scales[scanned.best]:g})", fontsize=8)
-    for t in range(shown):
-        axes[1 + 2 * t].imshow(to_rgb(parsed.reconstructions[0, t]))
-        axes[1 + 2 * t].set_title(f"instance {t + 1}: MAP" + ("" if t < found else " (rejected)"), fontsize=8)
-        axes[2 + 2 * t].imshow(to_rgb(overlay(canvas, parsed.masks[0, t])))
-        axes[2 + 2 * t].set_title(f"evidence {float(parsed.evidence[0, t]) / canvas[0].numel():.2f}/px", fontsize=8)
+    for i, t in enumerate(steps):
+        axes[1 + 2 * i].imshow(to_rgb(parsed.reconstructions[0, t]))
+        axes[1 + 2 * i].set_title(f"instance {i + 1}: MAP" + ("" if found else " (rejected)"), fontsize=8)
+        axes[2 + 2 * i].imshow(to_rgb(overlay(canvas, parsed.masks[0, t])))
+        axes[2 + 2 * i].set_title(f"evidence {float(parsed.evidence[0, t]) / canvas[0].numel():.2f}/px", fontsize=8)
     for ax in axes:
         ax.axis("off")
     fig.tight_layout()
     atomic_save_figure(fig, out / f"{path.stem}.png", dpi=110)
     plt.close(fig)
     return {"image": str(path), "scale": scanned.scales[scanned.best], "evidence_per_scale": scanned.evidence.tolist(),
-            "instances": found, "step_evidence": parsed.evidence[0].tolist()}
+            "instances": found, "accepted_steps": parsed.accepted[0].tolist(),
+            "step_evidence": parsed.evidence[0].tolist(),
+            "step_verified": None if parsed.verified is None else parsed.verified[0].tolist()}
 
 
 def main(argv=None) -> dict:

@@ -29,6 +29,13 @@ def test_parse_one_image_and_a_folder(tiny_model_dir, tmp_path):
     metrics = parse.main(["--model", str(tiny_model_dir), "--image", str(folder), "--out", str(tmp_path / "o2"),
                           "--scales", "1.0", "--max-steps", "1"])
     assert metrics["n_images"] == 2
+    # Category verification: every step gets the classifier's probability; accepted steps pass it.
+    metrics = parse.main(["--model", str(tiny_model_dir), "--image", str(tmp_path / "a.png"), "--out",
+                          str(tmp_path / "o3"), "--scales", "1.0", "--max-steps", "2", "--verify-threshold", "0.5"])
+    row = metrics["images"][0]
+    assert len(row["step_verified"]) == 2 and len(row["accepted_steps"]) == 2
+    assert all(p >= 0.5 for p, a in zip(row["step_verified"], row["accepted_steps"]) if a)
+    assert row["instances"] == sum(row["accepted_steps"])
 
 
 def test_parse_bad_inputs(tiny_model_dir, tmp_path):

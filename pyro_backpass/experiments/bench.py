@@ -16,7 +16,10 @@ calls :func:`run_bench`, which measures everything in one process, each number t
   timed interleaved with it), with ``naive_agrees`` (identical ``H``) and ``naive_over_floor``
   (``ms_naive / ms_floor``: the largest ``speedup_vs_naive`` any pass that runs the floor's
   convolutions could reach); ``images_per_s`` keyed by
-  batch size (``threads`` threads, ``clock``), ``batch_gain`` (largest batch over batch 1) and
+  batch size (``threads`` threads, ``clock``), ``batch_gain`` (largest batch over batch 1),
+  ``floor_images_per_s`` (the floor at each batch size) and ``floor_batch_gain`` (the floor at the
+  largest batch over the pass at batch 1: the largest ``batch_gain`` any pass that runs the floor's
+  convolutions could reach), and
   ``images_per_s_all_threads`` (the machine's threads, wall clock); ``peak_mb``.
 - **Trained-like observation parameters** on the same geometry (``σ0 = 0.3``, ``σ1 = 0.6``,
   ``σ2 = 0.3``, ``β = 0.3``, ``λ = 0``, each times the layer's RMS activation; ``σ1 ≈ 2σ0`` and ``λ`` near 0
@@ -199,9 +202,14 @@ def run_bench(cfg: BenchConfig, model, naive_greedy=None, toy_hierarchy=None, to
     metrics["backward_over_floor_polyphase"] = ms["backward"] / ms["floor_polyphase"]
     progress(f"timing batches {list(cfg.batch_sizes)}")
     metrics["images_per_s"] = _images_per_s(backward, f_bu, cfg.batch_repeats, device, kind)
+    # The convolutions cost what they cost per value, so the batch-1 maps repeated serve as the floor's input.
+    floors = {b: floor_fn(h, [None if u is None else u.expand((b,) + u.shape[1:]).contiguous() for u in uppers],
+                          kind=kind) for b in cfg.batch_sizes}
+    metrics["floor_images_per_s"] = _images_per_s(lambda fn: fn(), floors, cfg.batch_repeats, device, kind)
     largest = str(max(cfg.batch_sizes))
     if "1" in metrics["images_per_s"] and largest != "1":
         metrics["batch_gain"] = metrics["images_per_s"][largest] / metrics["images_per_s"]["1"]
+        metrics["floor_batch_gain"] = metrics["floor_images_per_s"][largest] / metrics["images_per_s"]["1"]
     if cfg.all_threads and device.type == "cpu" and default_threads != torch.get_num_threads():
         progress(f"timing batches with the machine's {default_threads} threads (wall clock)")
         torch.set_num_threads(default_threads)
@@ -272,11 +280,12 @@ def format_table(metrics: dict) -> str:
         if key in metrics:
             v = metrics[key]
             lines.append(f"{key:<30} {v:.3f} {unit}" if isinstance(v, float) else f"{key:<30} {v}")
-    for group in ("images_per_s", "images_per_s_all_threads"):
+    for group in ("images_per_s", "floor_images_per_s", "images_per_s_all_threads"):
         for b, v in metrics.get(group, {}).items():
             lines.append(f"{group + '[' + b + ']':<30} {v:.2f} img/s")
-    if "batch_gain" in metrics:
-        lines.append(f"{'batch_gain':<30} {metrics['batch_gain']:.2f} x")
+    for key in ("batch_gain", "floor_batch_gain"):
+        if key in metrics:
+            lines.append(f"{key:<30} {metrics[key]:.2f} x")
     lines.append(f"clock: {metrics.get('clock', '?')}; threads: {metrics.get('threads', '?')}; load average "
                  f"{metrics.get('load_average_start')} -> {metrics.get('load_average_end')}")
     lines.append(f"machine: {metrics.get('machine', '?')}")

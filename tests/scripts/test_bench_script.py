@@ -48,9 +48,9 @@ def test_bench_quick_writes_metrics(tmp_path):
     on_disk = json.loads((out / "metrics.json").read_text())
     for key in ("ms_backward", "ms_floor", "backward_over_floor", "ms_floor_polyphase", "backward_over_floor_polyphase",
                 "ms_naive", "speedup_vs_naive", "naive_over_floor", "ms_backward_mixed", "mixed_over_floor", "peak_mb",
-                "ms_greedy", "ms_infer_discrete", "speedup_vs_infer_discrete", "batch_gain"):
+                "ms_greedy", "ms_infer_discrete", "speedup_vs_infer_discrete", "batch_gain", "floor_batch_gain"):
         assert on_disk[key] > 0, key
-    assert set(on_disk["images_per_s"]) == {"1", "2"}
+    assert set(on_disk["images_per_s"]) == {"1", "2"} == set(on_disk["floor_images_per_s"])
     assert on_disk["naive_agrees"] is True and on_disk["naive_agrees_mixed"] is True
     assert on_disk["clock"] == "cpu" and on_disk["threads"] == 1
     assert on_disk["keep_freed_memory"] in (True, False)

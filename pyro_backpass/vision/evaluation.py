@@ -69,6 +69,7 @@ class EvaluateConfig:
     :param float evidence_threshold: the parse's stopping rule (nats per pixel).
     :param str explain_away: ``"subtract"`` or ``"suppress"``.
     :param int paths: parse paths.
+    :param str mask_image: the image the parse steps' mask rule reads (:class:`ParseConfig`).
     :param float verify_threshold: accept a parse step only if the backbone's classifier gives its masked
         instance at least this probability of the category (:mod:`~pyro_backpass.vision.verify`; ``None``:
         no verification). Chosen with ``max_steps`` on validation scenes of the 2026-12-06 model
@@ -105,6 +106,7 @@ class EvaluateConfig:
     explain_away: str = "subtract"
     paths: int = 1
     verify_threshold: float | None = 0.5
+    mask_image: str = ParseConfig.mask_image
     n_modes: int = QueryConfig.n_modes
     query_max_candidates: int = QueryConfig.max_candidates
     query_match_iou: float = 0.25
@@ -132,7 +134,8 @@ class EvaluateConfig:
 
     def parse_config(self) -> ParseConfig:
         return ParseConfig(max_steps=self.max_steps, evidence_threshold=self.evidence_threshold,
-                           explain_away=self.explain_away, paths=self.paths, verify_threshold=self.verify_threshold)
+                           explain_away=self.explain_away, paths=self.paths, verify_threshold=self.verify_threshold,
+                           mask_image=self.mask_image)
 
 
 def scene_configs(config: EvaluateConfig, size: int) -> dict[str, SceneConfig]:

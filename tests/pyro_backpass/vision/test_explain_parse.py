@@ -117,3 +117,24 @@ def test_evidence_against_the_background_explanation(tiny_trained, tiny_images):
     assert float(background_score(tiny_trained.hierarchy, empty, bg)) > float(
         explain(activation_model, tiny_trained.hierarchy, empty).total[0, 0]) - 1e-3 * abs(
         float(background_score(tiny_trained.hierarchy, empty, bg)))
+
+
+@pytest.mark.parametrize("paths", [1, 2])
+def test_mask_rule_reads_the_scene_or_the_explained_away_image(paths):
+    h = toy_hierarchy(seed=0)
+    f_bu = _scene(h, n=2)
+    seen = {"scene": [], "explained": []}
+    for mode in seen:
+        def rule(hh, maps, result, mode=mode):
+            seen[mode].append(maps[0].clone())
+            return torch.zeros(result.f_td[0].shape[:2] + maps[0].shape[-2:], dtype=torch.bool)
+
+        parse_scene(activation_model, h, f_bu, ParseConfig(max_steps=3, paths=paths, branch=2, mask_image=mode),
+                    mask_rule=rule)
+    for t, image in enumerate(seen["scene"]):
+        reps = image.shape[0] // 2
+        assert torch.equal(image, f_bu[0].repeat(reps, 1, 1, 1)), t
+    assert torch.equal(seen["explained"][0], f_bu[0])
+    assert not torch.equal(seen["explained"][1], seen["scene"][1])   # later steps read the explained-away image
+    with pytest.raises(ValueError, match="mask_image"):
+        ParseConfig(mask_image="pixels")

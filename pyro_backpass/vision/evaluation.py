@@ -30,18 +30,17 @@ Measures (DESIGN §8):
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from dataclasses import dataclass
 
 import torch
 
-from ..data import SceneConfig, SceneDataset
+from ..data import SceneDataset
 from ..data.categories import category_index
 from ..metrics import iou_matrix, match_parse
+from .evaluate_config import EvaluateConfig, scene_configs
 from .explain import explain
 from .masks import MaskConfig
-from .parsing import ParseConfig, parse_scene
+from .parsing import parse_scene
 from .queries import QueryConfig, answer_queries
 from .sampling import sample_images
 from .trained import TrainedModel
@@ -51,101 +50,6 @@ __all__ = ["EvaluateConfig", "QUERIES", "scene_configs", "evaluate_scenes", "agg
            "sample_plausibility", "time_backward_pass"]
 
 QUERIES = ("leftmost", "largest", "darkest")
-
-
-@dataclass(frozen=True)
-class EvaluateConfig:
-    """Defaults of ``scripts.evaluate``.
-
-    :param int scenes: held-out test scenes.
-    :param str split: the split the scenes come from: ``"test"`` (what the README reports) or ``"val"``
-        (for choosing settings without looking at the test scenes; seeds 1 and up, as the training
-        pipeline fits the observation model on the val split's seed-0 scenes).
-    :param int val_scenes: validation scenes (baseline thresholds).
-    :param int seed: base seed of the scene splits.
-    :param str mesh_dir: if set, the test airplanes are the meshes of this folder.
-    :param int batch_size: scenes per backward-pass batch.
-    :param int max_steps: parse steps per scene (backward passes, rejected ones included).
-    :param float evidence_threshold: the parse's stopping rule (nats per pixel).
-    :param str explain_away: ``"subtract"`` or ``"suppress"``.
-    :param int paths: parse paths.
-    :param str mask_image: the image the parse steps' mask rule reads (:class:`ParseConfig`).
-    :param float verify_threshold: accept a parse step only if the backbone's classifier gives its masked
-        instance at least this probability of the category (:mod:`~pyro_backpass.vision.verify`; ``None``:
-        no verification). Chosen with ``max_steps`` on validation scenes of the 2026-12-06 model
-        (``--split val``): 0.5 with 4 steps against none with 3 gave recall@2 0.562 / 0.600 against 0.531 /
-        0.600, leftmost 0.625 / 0.575 against 0.550 / 0.575, first accepted step's IoU 0.614 / 0.643
-        against 0.583 / 0.646 (80 scenes of seed 2 / 40 of seed 1); 0.7 raised that IoU (0.646 / 0.700)
-        and the precision but not recall@2 (0.531 / 0.588).
-    :param int n_modes: posterior modes for the queries.
-    :param int query_max_candidates: candidate instances per query (:class:`QueryConfig`).
-    :param float query_match_iou: least IoU of a query answer with its target.
-    :param str query_candidates: ``"modes"`` or ``"parse"`` (:class:`QueryConfig`); parse candidates are
-        the first steps of the scene's parse above (its ``explain_away`` and ``paths``).
-    :param int samples: prior samples for ``sample_plausibility``.
-    :param bool baselines: run the GradCAM / guided-backprop baselines.
-    :param bool occluded: run the completion measure.
-    :param str mask_layer, mask_gate: the instance-mask rule (:class:`MaskConfig`).
-    :param float mask_fraction, mask_gate_threshold: its thresholds.
-    :param bool mask_relative: measure the prediction against the empty image's activations.
-    :param float mask_core_fraction, mask_core_prior: the ``"colour_line"`` and ``"core_colour"`` gates'
-        core and prior.
-    :param float mask_core_keep: the ``"colour_line"`` gate's seed fraction of the core.
-    :param int mask_line_iters: the ``"colour_line"`` gate's refits.
-    :param int mask_bg_components: the ``"colour_line"`` gate's background mixture components.
-    """
-
-    scenes: int = 200
-    split: str = "test"
-    val_scenes: int = 40
-    seed: int = 0
-    mesh_dir: str = ""
-    batch_size: int = 8
-    max_steps: int = 4
-    evidence_threshold: float = ParseConfig.evidence_threshold
-    explain_away: str = "subtract"
-    paths: int = 1
-    verify_threshold: float | None = 0.5
-    mask_image: str = ParseConfig.mask_image
-    n_modes: int = QueryConfig.n_modes
-    query_max_candidates: int = QueryConfig.max_candidates
-    query_match_iou: float = 0.25
-    query_candidates: str = QueryConfig.candidates
-    samples: int = 64
-    baselines: bool = True
-    occluded: bool = True
-    mask_layer: str = MaskConfig.layer
-    mask_fraction: float = MaskConfig.fraction
-    mask_gate: str = MaskConfig.gate
-    mask_gate_threshold: float = MaskConfig.gate_threshold
-    mask_relative: bool = MaskConfig.relative
-    mask_core_fraction: float = MaskConfig.core_fraction
-    mask_core_prior: float = MaskConfig.core_prior
-    mask_core_keep: float = MaskConfig.core_keep
-    mask_line_iters: int = MaskConfig.line_iters
-    mask_bg_components: int = MaskConfig.bg_components
-
-    def mask_config(self) -> MaskConfig:
-        return MaskConfig(layer=self.mask_layer, fraction=self.mask_fraction, gate=self.mask_gate,
-                          gate_threshold=self.mask_gate_threshold, relative=self.mask_relative,
-                          core_fraction=self.mask_core_fraction, core_prior=self.mask_core_prior,
-                          core_keep=self.mask_core_keep, line_iters=self.mask_line_iters,
-                          bg_components=self.mask_bg_components)
-
-    def parse_config(self) -> ParseConfig:
-        return ParseConfig(max_steps=self.max_steps, evidence_threshold=self.evidence_threshold,
-                           explain_away=self.explain_away, paths=self.paths, verify_threshold=self.verify_threshold,
-                           mask_image=self.mask_image)
-
-
-def scene_configs(config: EvaluateConfig, size: int) -> dict[str, SceneConfig]:
-    """The test scenes, their occluded twins and the validation scenes (for the baselines' thresholds)."""
-    if config.split not in ("test", "val"):
-        raise ValueError(f"split: expected 'test' or 'val', got {config.split!r}")
-    test = SceneConfig(n=config.scenes, size=size, split=config.split, seed=config.seed, mesh_dir=config.mesh_dir)
-    return {"test": test, "occluded": dataclasses.replace(test, occluder=True),
-            # seed + 1: the training pipeline fits the observation model on the val split's seed-0 scenes.
-            "val": SceneConfig(n=config.val_scenes, size=size, split="val", seed=config.seed + 1)}
 
 
 def _stack(ds: SceneDataset, idx: list[int]) -> tuple[torch.Tensor, list[dict]]:

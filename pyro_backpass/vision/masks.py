@@ -209,15 +209,15 @@ def instance_masks(hierarchy: Hierarchy, f_bu: list[torch.Tensor], result: Backw
     else:
         strength = f_tilde.norm(dim=-3)                                        # (B, N, H, W)
     peak = strength.flatten(-2).amax(-1).clamp_min(1e-12)[..., None, None]
+    if config.gate in ("colour_line", "core_colour"):
+        relative = _resize(strength / peak, S)
+    if config.gate == "colour_line":  # it thresholds the region itself
+        return colour_line_masks(f_bu[0], relative, config.fraction, config.core_fraction, config.core_prior,
+                                 config.core_keep, config.line_iters, config.bg_components)
     mask = _resize(strength >= config.fraction * peak, S) > 0.5
     if config.gate == "none":
         return mask
-    if config.gate == "colour_line":
-        relative = _resize(strength / peak, S)
-        return colour_line_masks(f_bu[0], relative, config.fraction, config.core_fraction, config.core_prior,
-                                 config.core_keep, config.line_iters, config.bg_components)
     if config.gate == "core_colour":
-        relative = _resize(strength / peak, S)
         q = core_colour_posterior(f_bu[0], relative, config.core_fraction, config.fraction, config.core_prior)
         return mask & (q > 0.5)
     if config.gate == "colour":

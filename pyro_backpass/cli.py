@@ -31,6 +31,26 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {text!r}")
 
 
+class _NoneValue:
+    """What ``--flag none`` parses to for an optional field (argparse's ``None`` means "not given")."""
+
+    def __repr__(self) -> str:
+        return "none"
+
+
+NONE = _NoneValue()
+
+
+def _optional(parse):
+    """``parse``, with ``none`` (any case) meaning the field's ``None``."""
+
+    def parse_optional(text: str):
+        return NONE if text.strip().lower() == "none" else parse(text)
+
+    parse_optional.__name__ = getattr(parse, "__name__", "value")  # argparse names the type in its errors
+    return parse_optional
+
+
 def _tuple_parser(elem_type):
     def parse(text: str):
         try:
@@ -45,25 +65,27 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, prefix: str = ""
     """Add one ``--kebab-case`` flag per field of the dataclass ``cls``.
 
     Defaults are left as ``None`` in argparse so that :func:`config_from_args` only overrides the
-    fields the user actually gave.
+    fields the user actually gave. An optional field (``X | None``) also takes ``none``.
     """
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         typ = hints[f.name]
         origin = typing.get_origin(typ)
         args = typing.get_args(typ)
-        if origin in (typing.Union, types.UnionType) and type(None) in args:  # Optional[X] or X | None
+        optional = origin in (typing.Union, types.UnionType) and type(None) in args  # Optional[X] or X | None
+        if optional:
             typ = next(a for a in args if a is not type(None))
             origin, args = typing.get_origin(typ), typing.get_args(typ)
         default = f.default if f.default is not dataclasses.MISSING else None
-        help_text = f"(default: {default})"
+        help_text = f"(default: {default})" + ("; none for None" if optional else "")
+        wrap = _optional if optional else (lambda p: p)
         if typ is bool:
-            parser.add_argument(_flag(prefix + f.name), type=_parse_bool, default=None, help=help_text)
+            parser.add_argument(_flag(prefix + f.name), type=wrap(_parse_bool), default=None, help=help_text)
         elif origin is tuple:
-            parser.add_argument(_flag(prefix + f.name), type=_tuple_parser(args[0]), default=None,
+            parser.add_argument(_flag(prefix + f.name), type=wrap(_tuple_parser(args[0])), default=None,
                                 help=help_text + " comma-separated")
         elif typ in (int, float, str):
-            parser.add_argument(_flag(prefix + f.name), type=typ, default=None, help=help_text)
+            parser.add_argument(_flag(prefix + f.name), type=wrap(typ), default=None, help=help_text)
         # Other field types are not exposed on the command line.
 
 
@@ -74,7 +96,7 @@ def config_from_args(cls: type[T], args: argparse.Namespace, base: T | None = No
     for f in dataclasses.fields(cls):
         value = getattr(args, (prefix + f.name), None)
         if value is not None:
-            changes[f.name] = value
+            changes[f.name] = None if value is NONE else value
     return dataclasses.replace(base, **changes)
 
 

@@ -41,6 +41,8 @@ class EvaluateConfig:
         0.600, leftmost 0.625 / 0.575 against 0.550 / 0.575, first accepted step's IoU 0.614 / 0.643
         against 0.583 / 0.646 (80 scenes of seed 2 / 40 of seed 1); 0.7 raised that IoU (0.646 / 0.700)
         and the precision but not recall@2 (0.531 / 0.588).
+    :param float duplicate_iou: reject a parse step that finds an earlier accepted step's instance again
+        (mask IoU at least this; :class:`ParseConfig`).
     :param int n_modes: posterior modes for the queries.
     :param int query_max_candidates: candidate instances per query (:class:`QueryConfig`).
     :param float query_match_iou: least IoU of a query answer with its target.
@@ -71,6 +73,7 @@ class EvaluateConfig:
     paths: int = 1
     verify_threshold: float | None = 0.5
     mask_image: str = ParseConfig.mask_image
+    duplicate_iou: float | None = ParseConfig.duplicate_iou
     n_modes: int = QueryConfig.n_modes
     query_max_candidates: int = QueryConfig.max_candidates
     query_match_iou: float = 0.25
@@ -99,7 +102,7 @@ class EvaluateConfig:
     def parse_config(self) -> ParseConfig:
         return ParseConfig(max_steps=self.max_steps, evidence_threshold=self.evidence_threshold,
                            explain_away=self.explain_away, paths=self.paths, verify_threshold=self.verify_threshold,
-                           mask_image=self.mask_image)
+                           mask_image=self.mask_image, duplicate_iou=self.duplicate_iou)
 
 
 def scene_configs(config: EvaluateConfig, size: int) -> dict[str, SceneConfig]:

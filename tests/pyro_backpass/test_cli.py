@@ -16,6 +16,7 @@ class _Config:
     flag: bool = False
     sizes: tuple[int, ...] = (1, 2)
     threshold: float | None = None
+    cap: int | None = 4
 
 
 def _parse(argv):
@@ -28,6 +29,16 @@ def test_flags_override_only_what_is_given():
     assert _parse([]) == _Config()
     got = _parse(["--steps", "5", "--flag", "true", "--sizes", "3,4", "--threshold", "0.7"])
     assert got == _Config(steps=5, flag=True, sizes=(3, 4), threshold=0.7)
+
+
+def test_optional_fields_take_none():
+    assert _parse(["--cap", "none"]) == _Config(cap=None)
+    assert _parse(["--cap", "None", "--threshold", "0.2"]) == _Config(cap=None, threshold=0.2)
+    assert _parse(["--cap", "7"]).cap == 7
+    with pytest.raises(SystemExit):
+        _parse(["--steps", "none"])  # not optional
+    with pytest.raises(SystemExit):
+        _parse(["--cap", "nothing"])
 
 
 def test_bad_values_are_argparse_errors():

@@ -25,14 +25,14 @@ import torch
 
 from pyro_backpass.validation import check_tensor
 
-__all__ = ["iou_matrix", "mask_iou", "instance_ious", "match_parse", "parse_recall_at_n", "parse_precision",
-           "parse_summary"]
+__all__ = ["iou_matrix", "pairwise_iou", "mask_iou", "instance_ious", "match_parse", "parse_recall_at_n",
+           "parse_precision", "parse_summary"]
 
 
 def _check_masks(name: str, x, dims: int) -> torch.Tensor:
     check_tensor(name, x)
     if x.dim() != dims:
-        want = "(S, S)" if dims == 2 else "(n, S, S)"
+        want = {2: "(S, S)", 3: "(n, S, S)"}.get(dims, "(N, M, S, S)")
         raise ValueError(f"{name}: expected a {dims}-d mask tensor of shape {want}, got shape {tuple(x.shape)}")
     if x.dtype != torch.bool:
         raise TypeError(f"{name}: expected a bool mask tensor, got dtype {x.dtype}")
@@ -56,6 +56,20 @@ def iou_matrix(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     # Counts up to S*S are exact in float32 for any image this project uses (< 2**24 pixels).
     inter = p @ g.T
     union = p.sum(1, keepdim=True) + g.sum(1)[None] - inter
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
+
+
+def pairwise_iou(masks: torch.Tensor) -> torch.Tensor:
+    """IoU between every two masks of each image, as one batched matrix product.
+
+    :param masks: bool ``(N, M, S, S)``: ``M`` masks per image.
+    :returns: float32 ``(N, M, M)``; 0 where both masks are empty.
+    """
+    _check_masks("masks", masks, 4)
+    m = masks.flatten(2).to(torch.float32)
+    inter = m @ m.transpose(1, 2)                      # exact counts, as in iou_matrix
+    area = m.sum(-1)
+    union = area.unsqueeze(2) + area.unsqueeze(1) - inter
     return torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
 
 

@@ -110,7 +110,7 @@ def evaluate_scenes(model, trained: TrainedModel, config: EvaluateConfig, indice
             steps = parsed.masks[j][parsed.accepted[j]]
             first = int(parsed.accepted[j].int().argmax())  # the first accepted step (0 when none is)
             rec = {"scene": i, "n_instances": int(gt.shape[0]), "n_steps": int(steps.shape[0]),
-                   "instance_iou": float(iou_matrix(parsed.masks[j, :1], gt).max()),
+                   "instance_iou": float(iou_matrix(parsed.first_pass[j][None], gt).max()),
                    "instance_iou_accepted": float(iou_matrix(parsed.masks[j, first:first + 1], gt).max()),
                    "matched": match_parse(steps, gt).tolist(), "evidence": parsed.evidence[j].tolist()}
             targets = _query_targets(item)

@@ -23,6 +23,10 @@ least that much is rejected in the same way (:func:`reject_duplicates`): subtrac
 found instance's activations behind, and the next pass often lands on it again.
 All steps up to ``max_steps`` are computed for the whole batch at once; ``accepted`` says which count.
 
+**Posterior modes instead of passes.** With ``strategy="modes"`` the steps are instead the distinct
+posterior modes of one pass at the top layer, ranked by the verifier
+(:mod:`~pyro_backpass.vision.mode_parse`); nothing is explained away.
+
 **Parse paths.** With ``paths > 1`` the parse keeps the ``paths`` best sequences of instances (the
 paper's "multiple parsing paths"): each step extends every path by its ``branch`` best posterior modes
 at the top layer (each completed greedily below), scores a sequence by the sum of its steps'
@@ -36,14 +40,17 @@ from dataclasses import dataclass
 import torch
 
 from ..hierarchy import Hierarchy
+from ..metrics import pairwise_iou
 from .explain import MaskRule, explain
 from .masks import MaskConfig, instance_masks
 from .verify import Verifier
 
-__all__ = ["ParseConfig", "ParseResult", "EXPLAIN_AWAY", "MASK_IMAGES", "explain_away", "reject_duplicates",
-           "parse_scene"]
+__all__ = ["ParseConfig", "ParseResult", "EXPLAIN_AWAY", "MASK_IMAGES", "STRATEGIES", "explain_away",
+           "reject_duplicates", "parse_scene"]
 
 EXPLAIN_AWAY = ("subtract", "suppress")
+#: how the steps are found (:class:`ParseConfig`).
+STRATEGIES = ("sequential", "modes")
 #: which pixels a step's mask rule sees (:class:`ParseConfig`).
 MASK_IMAGES = ("scene", "explained")
 
@@ -68,6 +75,15 @@ class ParseConfig:
         validation scenes of the 2026-12-06 model (``scripts.evaluate --split val``, verification at 0.5,
         4 steps): recall@2 0.675 / 0.662 against 0.656 / 0.650, leftmost 0.738 / 0.625 against 0.700 /
         0.625 (80 scenes of seed 2 / 40 of seed 1).
+    :param str strategy: ``"sequential"`` (the paper's: a backward pass per step, each explaining the
+        found instances away) or ``"modes"``: the steps are distinct posterior modes of one pass, ranked
+        (:mod:`~pyro_backpass.vision.mode_parse`, which uses ``n_modes``, ``nms_iou`` and ``rank``; not
+        ``explain_away``, ``paths``, ``branch``, ``beam`` nor ``duplicate_iou``).
+    :param int n_modes: posterior modes at the top layer for ``"modes"``.
+    :param float nms_iou: ``"modes"`` keeps a mode only if its mask's IoU with every better kept mode is
+        at most this.
+    :param str rank: ``"modes"`` ranks the usable modes by the ``"verifier"``'s probability (the
+        evidence without a verifier) or by their ``"evidence"``.
     :param float duplicate_iou: reject a step whose mask has at least this IoU with an earlier accepted
         step's mask (``None``: keep duplicates); see :func:`reject_duplicates`. On validation scenes of the
         2026-12-06 model (``scripts.evaluate --split val``, 4 steps, verification at 0.5), about a quarter of
@@ -86,8 +102,18 @@ class ParseConfig:
     verify_threshold: float | None = None
     mask_image: str = "scene"
     duplicate_iou: float | None = 0.5
+    strategy: str = "sequential"
+    n_modes: int = 24
+    nms_iou: float = 0.3
+    rank: str = "verifier"
 
     def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy: expected one of {STRATEGIES}, got {self.strategy!r}")
+        if self.rank not in ("verifier", "evidence"):
+            raise ValueError(f"rank: expected 'verifier' or 'evidence', got {self.rank!r}")
+        if not 0.0 <= self.nms_iou <= 1.0:
+            raise ValueError(f"nms_iou: expected an IoU in [0, 1], got {self.nms_iou!r}")
         if self.mask_image not in MASK_IMAGES:
             raise ValueError(f"mask_image: expected one of {MASK_IMAGES}, got {self.mask_image!r}")
         if self.verify_threshold is not None and not 0.0 <= self.verify_threshold <= 1.0:
@@ -97,7 +123,7 @@ class ParseConfig:
             raise ValueError(f"duplicate_iou: expected an IoU in (0, 1] or None, got {self.duplicate_iou!r}")
         if self.explain_away not in EXPLAIN_AWAY:
             raise ValueError(f"explain_away: expected one of {EXPLAIN_AWAY}, got {self.explain_away!r}")
-        for name in ("max_steps", "paths", "branch", "beam"):
+        for name in ("max_steps", "paths", "branch", "beam", "n_modes"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected an int >= 1, got {getattr(self, name)!r}")
 
@@ -114,6 +140,8 @@ class ParseResult:
     :ivar dict hidden: site → (N, T) the ``H`` of each step.
     :ivar torch.Tensor path_score: (N,) the sum of the chosen path's evidence.
     :ivar torch.Tensor verified: (N, T) the verifier's probability of each step (``None`` without one).
+    :ivar torch.Tensor first_pass: (N, S, S) the mask of the scene's MAP, the first backward pass (the
+        first step's mask unless the steps were ranked; ``None``: ``masks[:, 0]``).
     """
 
     masks: torch.Tensor
@@ -123,6 +151,11 @@ class ParseResult:
     hidden: dict
     path_score: torch.Tensor
     verified: torch.Tensor | None = None
+    first_pass: torch.Tensor | None = None
+
+    def __post_init__(self):
+        if self.first_pass is None:
+            self.first_pass = self.masks[:, 0]
 
     @property
     def n_found(self) -> torch.Tensor:
@@ -161,10 +194,7 @@ def reject_duplicates(masks: torch.Tensor, accepted: torch.Tensor, threshold: fl
     if masks.dim() != 4 or tuple(masks.shape[:2]) != tuple(accepted.shape):
         raise ValueError(f"masks: expected (N, T, S, S) matching accepted {tuple(accepted.shape)}, "
                          f"got {tuple(masks.shape)}")
-    flat = masks.flatten(2).to(torch.float32)
-    inter = flat @ flat.transpose(1, 2)                                   # (N, T, T) pixel counts, exact
-    area = flat.sum(-1)
-    iou = inter / (area.unsqueeze(2) + area.unsqueeze(1) - inter).clamp_min(1.0)
+    iou = pairwise_iou(masks)                                             # (N, T, T)
     out = accepted.clone()
     for t in range(1, out.shape[1]):  # sequential: whether t is a duplicate depends on which earlier steps stayed
         out[:, t] &= ~(out[:, :t] & (iou[:, t, :t] >= threshold)).any(1)
@@ -187,6 +217,11 @@ def parse_scene(model, hierarchy: Hierarchy, f_bu: list[torch.Tensor], config: P
     :returns: :class:`ParseResult`.
     """
     config = config or ParseConfig()
+    if config.strategy == "modes":
+        from .mode_parse import parse_modes  # late: mode_parse imports this module
+
+        return parse_modes(model, hierarchy, f_bu, config, mask_rule=mask_rule, mask_config=mask_config,
+                           background=background, verifier=verifier, **model_kwargs)
     f_bu = hierarchy.check_maps("f_bu", f_bu)
     N = f_bu[0].shape[0]
     S2 = f_bu[0].shape[-1] * f_bu[0].shape[-2]

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from ..hierarchy import Hierarchy
+from ..metrics import pairwise_iou
 from .explain import InstanceResult, MaskRule, explain
 from .masks import MaskConfig
 from .parsing import ParseConfig, ParseResult, parse_scene
@@ -108,14 +109,6 @@ class QueryAnswer:
     reconstruction: torch.Tensor
 
 
-def _pairwise_iou(masks: torch.Tensor) -> torch.Tensor:
-    """(M, N, S, S) → (N, M, M) IoU between the modes of each image."""
-    m = masks.flatten(-2).float().transpose(0, 1)                          # (N, M, S²)
-    inter = m @ m.transpose(1, 2)
-    area = m.sum(-1)
-    return inter / (area.unsqueeze(-1) + area.unsqueeze(-2) - inter).clamp_min(1)
-
-
 def distinct_modes(model, hierarchy: Hierarchy, f_bu: list[torch.Tensor], config: QueryConfig | None = None,
                    mask_rule: MaskRule | None = None, mask_config: MaskConfig | None = None,
                    background: list[torch.Tensor] | None = None, **model_kwargs) -> tuple[InstanceResult, torch.Tensor]:
@@ -127,7 +120,7 @@ def distinct_modes(model, hierarchy: Hierarchy, f_bu: list[torch.Tensor], config
     config = config or QueryConfig()
     modes = explain(model, hierarchy, f_bu, topk=config.n_modes, topk_layer=hierarchy.L - 1,
                     mask_rule=mask_rule, mask_config=mask_config, background=background, **model_kwargs)
-    iou = _pairwise_iou(modes.mask)                                          # (N, M, M)
+    iou = pairwise_iou(modes.mask.transpose(0, 1))                                        # (N, M, M)
     M, N = modes.evidence.shape
     keep = torch.zeros(M, N, dtype=torch.bool, device=iou.device)
     # Greedy NMS in score order (modes are sorted best first); M is small, the loop is over modes only.

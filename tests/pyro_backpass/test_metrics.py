@@ -10,6 +10,7 @@ from pyro_backpass.metrics import (
     iou_matrix,
     mask_iou,
     match_parse,
+    pairwise_iou,
     parse_precision,
     parse_recall_at_n,
     parse_summary,
@@ -37,6 +38,16 @@ def test_iou_matrix_by_hand():
     assert iou[1, 0] == pytest.approx(4 / 28)
     assert iou[2, 3] == 0  # two empty masks: 0 by convention, not NaN
     assert torch.isfinite(iou).all()
+
+
+def test_pairwise_iou_is_iou_matrix_per_image():
+    masks = torch.stack([torch.stack([A, B, EMPTY]), torch.stack([C, C, A])])      # (2, 3, S, S)
+    got = pairwise_iou(masks)
+    assert got.shape == (2, 3, 3)
+    for n in range(2):
+        assert torch.equal(got[n], iou_matrix(masks[n], masks[n]))
+    with pytest.raises(ValueError, match="masks"):
+        pairwise_iou(masks[0])
 
 
 def test_mask_iou_takes_the_best_instance():

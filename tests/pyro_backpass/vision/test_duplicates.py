@@ -21,8 +21,8 @@ def _brute_force(masks, accepted, threshold):
         for t in range(masks.shape[1]):
             if not out[n, t]:
                 continue
-            ious = [float(iou_matrix(masks[n, t][None], masks[n, u][None])[0, 0]) for u in kept]
-            if any(i >= threshold for i in ious):
+            ious = [iou_matrix(masks[n, t][None], masks[n, u][None])[0, 0] for u in kept]
+            if any(bool(i >= threshold) for i in ious):  # float32 comparisons, as reject_duplicates makes
                 out[n, t] = False
             else:
                 kept.append(t)

@@ -7,7 +7,9 @@
   posterior modes at the top layer with the modes that lie on a true airplane in red, and the second
   pass after the first instance was subtracted from every layer (Fig. 5);
 - ``completion.png``: an occluded airplane and what the backward pass fills in;
-- ``query.png``: the answers to "leftmost", "largest" and "darkest" on the same scene.
+- ``query.png``: the answers to "leftmost", "largest" and "darkest" on the same scene, among the
+  instances of a parse from posterior modes (:mod:`~pyro_backpass.vision.mode_parse`), as
+  ``scripts.evaluate`` answers them.
 
 The scene is test scene ``scene`` of the default test split, not chosen by how well it works.
 """
@@ -31,6 +33,7 @@ from .plots import image_grid, overlay, parse_figure, to_rgb
 from .queries import QueryConfig, answer_queries
 from .sampling import sample_images
 from .trained import TrainedModel
+from .verify import category_verifier
 
 __all__ = ["DemoConfig", "demo_figures"]
 
@@ -139,8 +142,12 @@ def _queries(model, trained: TrainedModel, item: dict, out: Path) -> dict:
     axes[0].set_title("scene", fontsize=8)
     found = {}
     queries = ("leftmost", "largest", "darkest")
-    answers = answer_queries(model, h, f_bu, list(queries), QueryConfig(), background=trained.background(),
-                             clamp={"category": 0})
+    # Candidates as scripts.evaluate takes them: the verified posterior modes of one pass, ranked.
+    bg, clamp = trained.background(), {"category": 0}
+    verifier = category_verifier(trained.backbone, category_index(h.categories[0]))
+    parsed = parse_scene(model, h, f_bu, ParseConfig(strategy="modes", max_steps=2, verify_threshold=0.5),
+                         background=bg, clamp=clamp, verifier=verifier)
+    answers = answer_queries(model, h, f_bu, list(queries), QueryConfig(), background=bg, parsed=parsed, clamp=clamp)
     for ax, q, ans in zip(axes[1:], queries, answers):
         iou = iou_matrix(ans.mask, item["masks"])[0]
         found[q] = {"instance": int(iou.argmax()), "iou": float(iou.max())}

@@ -86,13 +86,42 @@ def parse_modes(model, hierarchy: Hierarchy, f_bu: list[torch.Tensor], config: P
 
     Arguments as in :func:`~pyro_backpass.vision.parsing.parse_scene`; ``config`` supplies
     ``max_steps``, ``evidence_threshold``, ``verify_threshold``, ``n_modes``, ``nms_iou`` and ``rank``.
-    Mask rules read ``f_bu[0]``, the scene's pixels.
+    Mask rules read ``f_bu[0]``, the scene's pixels. The images are parsed in chunks of
+    ``mode_chunk // n_modes`` (each image's modes are completed as one batch of the pass; the chunks
+    bound the memory), unless a model argument holds a tensor per image.
 
     :returns: :class:`~pyro_backpass.vision.parsing.ParseResult` with ``T = max_steps`` steps (fewer when
         the hierarchy's top layer has fewer hypotheses); ``first_pass`` is the mask of the greedy pass's
         MAP (the mode best at the top layer; the modes themselves are sorted by total score).
     """
     f_bu = hierarchy.check_maps("f_bu", f_bu)
+    N = f_bu[0].shape[0]
+    step = max(1, config.mode_chunk // config.n_modes)
+    if N <= step or any(_per_image(v, N) for v in model_kwargs.values()):
+        return _parse_modes(model, hierarchy, f_bu, config, mask_rule, mask_config, background, verifier,
+                            **model_kwargs)
+    # Every image is parsed on its own, so chunks of images give the same steps with less memory.
+    parts = [_parse_modes(model, hierarchy, [x[i:i + step] for x in f_bu], config, mask_rule, mask_config,
+                          background, verifier, **model_kwargs) for i in range(0, N, step)]
+
+    def cat(name):
+        values = [getattr(p, name) for p in parts]
+        return None if values[0] is None else torch.cat(values)
+
+    return ParseResult(**{name: cat(name) for name in ("masks", "reconstructions", "evidence", "accepted",
+                                                       "path_score", "verified", "first_pass")},
+                       hidden={k: torch.cat([p.hidden[k] for p in parts]) for k in parts[0].hidden})
+
+
+def _per_image(value, N: int) -> bool:
+    """Whether a model argument (a tensor, or a dict of them) may hold one entry per image."""
+    if isinstance(value, torch.Tensor):
+        return value.dim() > 0 and value.shape[0] == N
+    return isinstance(value, dict) and any(_per_image(v, N) for v in value.values())
+
+
+def _parse_modes(model, hierarchy, f_bu, config, mask_rule, mask_config, background, verifier,
+                 **model_kwargs) -> ParseResult:
     S2 = f_bu[0].shape[-1] * f_bu[0].shape[-2]
     modes = explain(model, hierarchy, f_bu, topk=config.n_modes, topk_layer=hierarchy.L - 1, mask_rule=mask_rule,
                     mask_config=mask_config, background=background, **model_kwargs)

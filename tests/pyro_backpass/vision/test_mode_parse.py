@@ -1,5 +1,7 @@
 """Parsing from posterior modes: ranking and suppression against a plain loop, and the parse's wiring."""
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -100,3 +102,20 @@ def test_mode_parse_ranks_by_the_verifier_and_needs_one():
     for bad in (dict(strategy="beam"), dict(rank="area"), dict(nms_iou=1.5), dict(n_modes=0)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             ParseConfig(**bad)
+
+
+def test_mode_parse_in_chunks_of_images_is_the_same_parse():
+    h = toy_hierarchy(seed=0)
+    tr = poutine.trace(activation_model).get_trace(h, n=5)
+    f_bu = [tr.nodes[sites.f_bu(s.name)]["value"] for s in h.specs]
+    cfg = ParseConfig(strategy="modes", n_modes=6, max_steps=3, rank="evidence")
+    whole = parse_scene(activation_model, h, f_bu, cfg, mask_config=MC)               # 5 images <= 64 // 6
+    chunked = parse_scene(activation_model, h, f_bu, dataclasses.replace(cfg, mode_chunk=12),
+                          mask_config=MC)                                                # chunks of 2, 2, 1
+    for name in ("masks", "reconstructions", "evidence", "accepted", "path_score", "first_pass"):
+        torch.testing.assert_close(getattr(chunked, name), getattr(whole, name), rtol=0, atol=0)
+    assert all(torch.equal(chunked.hidden[k], whole.hidden[k]) for k in whole.hidden)
+    # A per-image model argument is not split: the images go through in one batch.
+    per_image = parse_scene(activation_model, h, f_bu, dataclasses.replace(cfg, mode_chunk=12),
+                            mask_config=MC, category=torch.zeros(5, dtype=torch.long))
+    assert per_image.masks.shape == whole.masks.shape

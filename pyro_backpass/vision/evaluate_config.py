@@ -105,6 +105,11 @@ class EvaluateConfig:
     mask_line_iters: int = MaskConfig.line_iters
     mask_bg_components: int = MaskConfig.bg_components
 
+    def __post_init__(self):
+        # Check the parse and mask settings now, not after the scenes were rendered.
+        self.mask_config()
+        self.parse_config()
+
     def mask_config(self) -> MaskConfig:
         return MaskConfig(layer=self.mask_layer, fraction=self.mask_fraction, gate=self.mask_gate,
                           gate_threshold=self.mask_gate_threshold, relative=self.mask_relative,

@@ -56,3 +56,8 @@ def test_evaluate_split_is_checked():
     assert scene_configs(EvaluateConfig(split="val", seed=2), 32)["test"].split == "val"
     with pytest.raises(ValueError, match="split"):
         scene_configs(EvaluateConfig(split="train"), 32)
+    # Parse and mask settings are checked when the config is built, before any scene is rendered.
+    with pytest.raises(ValueError, match="duplicate_iou"):
+        EvaluateConfig(duplicate_iou=2.0)
+    with pytest.raises(ValueError, match="strategy"):
+        EvaluateConfig(strategy="beam")

@@ -25,8 +25,8 @@ import torch
 
 from pyro_backpass.validation import check_tensor
 
-__all__ = ["iou_matrix", "pairwise_iou", "mask_iou", "instance_ious", "match_parse", "parse_recall_at_n",
-           "parse_precision", "parse_summary"]
+__all__ = ["iou_matrix", "pairwise_iou", "greedy_suppression", "mask_iou", "instance_ious", "match_parse",
+           "parse_recall_at_n", "parse_precision", "parse_summary"]
 
 
 def _check_masks(name: str, x, dims: int) -> torch.Tensor:
@@ -71,6 +71,23 @@ def pairwise_iou(masks: torch.Tensor) -> torch.Tensor:
     area = m.sum(-1)
     union = area.unsqueeze(2) + area.unsqueeze(1) - inter
     return torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(inter))
+
+
+def greedy_suppression(iou: torch.Tensor, allowed: torch.Tensor, threshold: float,
+                       inclusive: bool = False) -> torch.Tensor:
+    """Greedy non-maximum suppression in the given order: entry ``m`` is kept when it is allowed and its
+    IoU with every earlier kept entry is below ``threshold`` (at most it, unless ``inclusive``).
+
+    :param torch.Tensor iou: (N, M, M) pairwise IoU (:func:`pairwise_iou`), entries in priority order.
+    :param torch.Tensor allowed: (N, M) bool, the entries that may be kept at all.
+    :param bool inclusive: an IoU equal to ``threshold`` also suppresses.
+    :returns: (N, M) bool.
+    """
+    kept = torch.zeros_like(allowed)
+    for m in range(allowed.shape[1]):  # each decision depends on the earlier ones; M is small
+        over = iou[:, m, :m] >= threshold if inclusive else iou[:, m, :m] > threshold
+        kept[:, m] = allowed[:, m] & ~(over & kept[:, :m]).any(1)
+    return kept
 
 
 def mask_iou(pred: torch.Tensor, gt: torch.Tensor) -> float:

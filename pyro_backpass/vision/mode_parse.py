@@ -34,16 +34,13 @@ from __future__ import annotations
 import torch
 
 from ..hierarchy import Hierarchy
-from ..metrics import pairwise_iou
+from ..metrics import greedy_suppression, pairwise_iou
 from .explain import MaskRule, explain
 from .masks import MaskConfig
-from .parsing import ParseConfig, ParseResult
+from .parsing import RANKS, ParseConfig, ParseResult, verify_masks
 from .verify import Verifier
 
 __all__ = ["RANKS", "parse_modes", "rank_modes"]
-
-#: what orders the usable modes (:class:`~pyro_backpass.vision.parsing.ParseConfig.rank`).
-RANKS = ("verifier", "evidence")
 
 
 def rank_modes(masks: torch.Tensor, score: torch.Tensor, usable: torch.Tensor, nms_iou: float,
@@ -69,10 +66,7 @@ def rank_modes(masks: torch.Tensor, score: torch.Tensor, usable: torch.Tensor, n
     n = torch.arange(N, device=score.device).unsqueeze(1)
     order = order.gather(1, torch.sort((~usable.T[n, order]).to(torch.int8), dim=1, stable=True).indices)
     iou = pairwise_iou(masks.transpose(0, 1))[n.unsqueeze(-1), order.unsqueeze(-1), order.unsqueeze(1)]  # ranked
-    nonempty = masks.flatten(-2).any(-1).T[n, order]                           # (N, M)
-    kept = torch.zeros(N, M, dtype=torch.bool, device=score.device)
-    for m in range(M):  # greedy NMS in rank order; M is small
-        kept[:, m] = nonempty[:, m] & ~((iou[:, m, :m] > nms_iou) & kept[:, :m]).any(1)
+    kept = greedy_suppression(iou, masks.flatten(-2).any(-1).T[n, order], nms_iou)  # (N, M), non-empty only
     # Kept ones first (stable, so each group stays in rank order).
     pos = torch.sort((~kept).to(torch.int8), dim=1, stable=True).indices[:, :steps]
     return order.gather(1, pos).T, kept.gather(1, pos).T
@@ -128,12 +122,8 @@ def _parse_modes(model, hierarchy, f_bu, config, mask_rule, mask_config, backgro
     M, N = modes.evidence.shape
     evidence = modes.evidence if modes.evidence_vs_background is None else modes.evidence_vs_background
     usable = evidence / S2 >= config.evidence_threshold
-    verified = None
-    if config.verify_threshold is not None:
-        if verifier is None:
-            raise ValueError("verifier: config.verify_threshold is set, so a verifier is needed, got None")
-        images = f_bu[0].unsqueeze(0).expand(M, -1, -1, -1, -1).flatten(0, 1)
-        verified = verifier(images, modes.mask.flatten(0, 1)).reshape(M, N)
+    verified = verify_masks(config, verifier, f_bu[0].unsqueeze(0).expand(M, -1, -1, -1, -1), modes.mask)
+    if verified is not None:
         usable = usable & (verified >= config.verify_threshold)
     score = verified if (config.rank == "verifier" and verified is not None) else evidence
     order, kept = rank_modes(modes.mask, score, usable, config.nms_iou, min(config.max_steps, M))

@@ -40,17 +40,19 @@ from dataclasses import dataclass
 import torch
 
 from ..hierarchy import Hierarchy
-from ..metrics import pairwise_iou
+from ..metrics import greedy_suppression, pairwise_iou
 from .explain import MaskRule, explain
 from .masks import MaskConfig, instance_masks
 from .verify import Verifier
 
-__all__ = ["ParseConfig", "ParseResult", "EXPLAIN_AWAY", "MASK_IMAGES", "STRATEGIES", "explain_away",
+__all__ = ["ParseConfig", "ParseResult", "EXPLAIN_AWAY", "MASK_IMAGES", "STRATEGIES", "RANKS", "explain_away",
            "reject_duplicates", "parse_scene"]
 
 EXPLAIN_AWAY = ("subtract", "suppress")
 #: how the steps are found (:class:`ParseConfig`).
 STRATEGIES = ("sequential", "modes")
+#: what orders the usable modes of ``strategy="modes"`` (:class:`ParseConfig`).
+RANKS = ("verifier", "evidence")
 #: which pixels a step's mask rule sees (:class:`ParseConfig`).
 MASK_IMAGES = ("scene", "explained")
 
@@ -115,8 +117,8 @@ class ParseConfig:
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy: expected one of {STRATEGIES}, got {self.strategy!r}")
-        if self.rank not in ("verifier", "evidence"):
-            raise ValueError(f"rank: expected 'verifier' or 'evidence', got {self.rank!r}")
+        if self.rank not in RANKS:
+            raise ValueError(f"rank: expected one of {RANKS}, got {self.rank!r}")
         if not 0.0 <= self.nms_iou <= 1.0:
             raise ValueError(f"nms_iou: expected an IoU in [0, 1], got {self.nms_iou!r}")
         if self.mask_image not in MASK_IMAGES:
@@ -199,11 +201,22 @@ def reject_duplicates(masks: torch.Tensor, accepted: torch.Tensor, threshold: fl
     if masks.dim() != 4 or tuple(masks.shape[:2]) != tuple(accepted.shape):
         raise ValueError(f"masks: expected (N, T, S, S) matching accepted {tuple(accepted.shape)}, "
                          f"got {tuple(masks.shape)}")
-    iou = pairwise_iou(masks)                                             # (N, T, T)
-    out = accepted.clone()
-    for t in range(1, out.shape[1]):  # sequential: whether t is a duplicate depends on which earlier steps stayed
-        out[:, t] &= ~(out[:, :t] & (iou[:, t, :t] >= threshold)).any(1)
-    return out
+    return greedy_suppression(pairwise_iou(masks), accepted, threshold, inclusive=True)
+
+
+def verify_masks(config: ParseConfig, verifier: Verifier | None, images: torch.Tensor,
+                 masks: torch.Tensor) -> torch.Tensor | None:
+    """The verifier's probability of every mask, or ``None`` when ``config.verify_threshold`` is not set.
+
+    :param torch.Tensor images: (*B, 3, S, S) the pixels each mask is read from; ``masks``: (*B, S, S) bool.
+    :returns: (*B,).
+    """
+    if config.verify_threshold is None:
+        return None
+    if verifier is None:
+        raise ValueError("verifier: config.verify_threshold is set, so a verifier is needed, got None")
+    batch = masks.shape[:-2]
+    return verifier(images.flatten(0, len(batch) - 1), masks.flatten(0, len(batch) - 1)).reshape(batch)
 
 
 def parse_scene(model, hierarchy: Hierarchy, f_bu: list[torch.Tensor], config: ParseConfig | None = None,
@@ -270,13 +283,9 @@ def parse_scene(model, hierarchy: Hierarchy, f_bu: list[torch.Tensor], config: P
     ev = torch.stack(hist["ev"], -1)[0]                                  # (N, T)
     accepted = (ev / S2 >= config.evidence_threshold).cumprod(-1).bool()
     masks = torch.stack(hist["mask"], 2)[0]                              # (N, T, S, S)
-    verified = None
-    if config.verify_threshold is not None:
-        if verifier is None:
-            raise ValueError("verifier: config.verify_threshold is set, so a verifier is needed, got None")
-        T = masks.shape[1]
-        images = f_bu[0].unsqueeze(1).expand(-1, T, -1, -1, -1).flatten(0, 1)
-        verified = verifier(images, masks.flatten(0, 1)).reshape(N, T)
+    T = masks.shape[1]
+    verified = verify_masks(config, verifier, f_bu[0].unsqueeze(1).expand(-1, T, -1, -1, -1), masks)
+    if verified is not None:
         accepted = accepted & (verified >= config.verify_threshold)
     if config.duplicate_iou is not None:
         accepted = reject_duplicates(masks, accepted, config.duplicate_iou)

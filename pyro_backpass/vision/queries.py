@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from ..hierarchy import Hierarchy
-from ..metrics import pairwise_iou
+from ..metrics import greedy_suppression, pairwise_iou
 from .explain import InstanceResult, MaskRule, explain
 from .masks import MaskConfig
 from .parsing import ParseConfig, ParseResult, parse_scene
@@ -120,13 +120,9 @@ def distinct_modes(model, hierarchy: Hierarchy, f_bu: list[torch.Tensor], config
     config = config or QueryConfig()
     modes = explain(model, hierarchy, f_bu, topk=config.n_modes, topk_layer=hierarchy.L - 1,
                     mask_rule=mask_rule, mask_config=mask_config, background=background, **model_kwargs)
-    iou = pairwise_iou(modes.mask.transpose(0, 1))                                        # (N, M, M)
-    M, N = modes.evidence.shape
-    keep = torch.zeros(M, N, dtype=torch.bool, device=iou.device)
-    # Greedy NMS in score order (modes are sorted best first); M is small, the loop is over modes only.
-    for m in range(M):
-        clash = (iou[:, m, :m] > config.nms_iou) & keep[:m].T
-        keep[m] = ~clash.any(-1) & (modes.mask[m].flatten(-2).any(-1))
+    # Greedy NMS in score order (modes are sorted best first).
+    keep = greedy_suppression(pairwise_iou(modes.mask.transpose(0, 1)), modes.mask.flatten(-2).any(-1).T,
+                              config.nms_iou).T                                           # (M, N)
     keep &= modes.evidence > 0
     keep &= keep.cumsum(0) <= config.max_candidates
     keep[0] |= ~keep.any(0)                        # always one candidate: the MAP itself

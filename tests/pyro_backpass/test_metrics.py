@@ -8,6 +8,7 @@ import torch
 from pyro_backpass.metrics import (
     instance_ious,
     iou_matrix,
+    greedy_suppression,
     mask_iou,
     match_parse,
     pairwise_iou,
@@ -48,6 +49,19 @@ def test_pairwise_iou_is_iou_matrix_per_image():
         assert torch.equal(got[n], iou_matrix(masks[n], masks[n]))
     with pytest.raises(ValueError, match="masks"):
         pairwise_iou(masks[0])
+
+
+def test_greedy_suppression_keeps_the_earlier_of_overlapping_masks():
+    # A, B overlap at 4/28; A and A itself at 1. In priority order A, A, B, C.
+    iou = pairwise_iou(torch.stack([A, A, B, C])[None])
+    allowed = torch.tensor([[True, True, True, True]])
+    assert greedy_suppression(iou, allowed, 0.5).tolist() == [[True, False, True, True]]
+    assert greedy_suppression(iou, allowed, 0.1).tolist() == [[True, False, False, True]]
+    # An IoU equal to the threshold suppresses only when inclusive; a disallowed entry suppresses nothing.
+    assert greedy_suppression(iou, allowed, 4 / 28).tolist() == [[True, False, True, True]]
+    assert greedy_suppression(iou, allowed, 4 / 28, inclusive=True).tolist() == [[True, False, False, True]]
+    assert greedy_suppression(iou, torch.tensor([[False, True, True, True]]), 0.5).tolist() == [[False, True, True,
+                                                                                                 True]]
 
 
 def test_mask_iou_takes_the_best_instance():

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from pyro_backpass.metrics import (
+    greedy_suppression,
     instance_ious,
     iou_matrix,
-    greedy_suppression,
     mask_iou,
     match_parse,
     pairwise_iou,
